@@ -1,0 +1,28 @@
+# Two commands: `make demo` and `make test`. Both create the environment if it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU build of torch; install a CUDA build yourself on a GPU machine (see README).
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test env lint clean
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: env
+	$(VENV)/bin/mmccd demo --out results/demo --overwrite
+
+test: env
+	$(PY) -m pytest -q
+
+lint: env
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf results .pytest_cache

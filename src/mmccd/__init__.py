@@ -1,0 +1,7 @@
+"""mmccd: unsupervised anomaly segmentation in multi-modal brain MRI.
+
+MMCCD (Masked Modality Cycles with Conditional Diffusion; Liang et al., MMMI @ MICCAI 2023,
+arXiv 2308.16150) and baselines behind one interface and one evaluation protocol.
+"""
+
+__version__ = "0.1.0"

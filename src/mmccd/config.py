@@ -1,0 +1,239 @@
+"""Configuration as data: one frozen dataclass per stage, defaults here, YAML presets to override.
+
+A preset (``src/mmccd/configs/<name>.yaml``) holds only the keys it changes. Unknown keys and
+values of the wrong type are rejected with an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmccd.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """`mmccd prepare`: NIfTI cases -> slice store."""
+
+    size: int = 128  # square in-plane size after crop + resize
+    low_percentile: float = 1.0  # of brain voxels, mapped to -1
+    high_percentile: float = 99.0  # of brain voxels, mapped to +1
+    normalisation: str = "percentile"  # "percentile" (correct midpoint) or "reference" (authors' code)
+    min_brain_fraction: float = 0.1  # of the slice's cropped area, for a slice to count as "with brain"
+    train_slice_window: tuple[int, int] | None = None  # e.g. (70, 89): the reference's axial window
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    workers: int = 0  # processes over cases; 0 = min(4, cpu count)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Guided-diffusion-style UNet (models/unet.py)."""
+
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 1, 2, 3, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)  # feature-map sizes in pixels
+    num_head_channels: int = 32
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    stripe_width: int = 16  # at 128 px; scaled with the image size
+    mask_per_batch: bool = False  # True = one stripe for the whole batch, as the reference code
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 100_000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)): useful EMA on short runs
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    num_workers: int = 0
+    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
+    augment_flip: bool = True  # random left-right flip of training slices
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    num_masks: int = 128  # stripes in the ensemble (half vertical, half horizontal)
+    mask_stride: int = 2  # px between stripe starts at 128 px (scaled with size)
+    ddim_steps: int = 100
+    eta: float = 0.0
+    mask_batch: int = 32  # masks per network call
+    seed: int = 0
+    smooth_sigma: float = 0.0  # optional Gaussian smoothing of the map (px); 0 = off
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    threshold_quantiles: int = 200  # candidate thresholds searched on validation maps
+    figure_slices: int = 6
+    eval_slices: str = "max_tumour"  # "max_tumour" (reference protocol) or "all" (every slice with brain)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    method: str = "cyclic-unet"  # "cyclic-unet" | "mmccd" | baselines
+    source: str = "flair"
+    target: str = "t2"
+    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------- loading and merging
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting YAML lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {tp}, found {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, found {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, found {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def merge(cfg: Any, overrides: dict[str, Any], where: str = "config") -> Any:
+    """Return a copy of dataclass `cfg` with nested `overrides` applied, validated."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {overrides!r}")
+    hints = typing.get_type_hints(type(cfg))
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{key}'. Known keys: {', '.join(sorted(fields))}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = merge(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def load_config(preset: str | Path = "cpu", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults <- preset YAML (a name in configs/ or a path) <- `overrides`."""
+    path = Path(preset)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"unknown preset '{preset}'. Available: {', '.join(preset_names())}, or a path to a YAML file")
+    data = read_yaml(path)
+    cfg = merge(ExperimentConfig(), data, where=str(path))
+    if overrides:
+        cfg = merge(cfg, overrides, where="overrides")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    for name in (cfg.source, cfg.target):
+        if name not in MODALITIES:
+            raise ConfigError(f"unknown contrast '{name}': expected one of {', '.join(MODALITIES)}")
+    if cfg.source == cfg.target:
+        raise ConfigError(f"source and target contrast are both '{cfg.source}': choose two different contrasts")
+    if cfg.prepare.normalisation not in ("percentile", "reference"):
+        raise ConfigError(f"prepare.normalisation: expected 'percentile' or 'reference', found '{cfg.prepare.normalisation}'")
+    if cfg.train.amp not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"train.amp: expected none, bf16 or fp16, found '{cfg.train.amp}'")
+    if cfg.eval.eval_slices not in ("max_tumour", "all"):
+        raise ConfigError(f"eval.eval_slices: expected max_tumour or all, found '{cfg.eval.eval_slices}'")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-YAML form (tuples as lists)."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    return merge(ExperimentConfig(), data, where="saved config")
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
