@@ -59,6 +59,20 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """Hyper-parameters of the reconstruction baselines (scoring/baselines/, docs/methods.md)."""
+
+    latent_channels: int = 64  # AE/DAE: channels of the spatial bottleneck
+    dae_noise_resolution: int = 16  # DAE: coarse noise drawn at this size and upsampled (Kascenas 2022)
+    dae_noise_std: float = 0.2
+    noise_level: int = 500  # DDPM/cDDPM: partial diffusion to this t (of num_timesteps)
+    noise_levels: tuple[int, ...] = ()  # if set: average the error over these t (ensemble)
+    noise_type: str = "gaussian"  # "gaussian" | "simplex" (AnoDDPM)
+    cond_dim: int = 128  # cDDPM: size of the latent embedding of the clean input
+    threshold_sign: str = "auto"  # intensity threshold: "bright", "dark" or "auto" (from the contrast)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     iterations: int = 100_000
     batch_size: int = 32
@@ -102,6 +116,7 @@ class ExperimentConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

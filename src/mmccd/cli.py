@@ -1,0 +1,266 @@
+"""`mmccd <stage>`: a thin command line over the typed functions of each stage.
+
+Every expected failure (bad data, bad config, existing outputs, bad checkpoints) is printed as one
+line naming what is wrong and what to do, with a non-zero exit; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmccd import __version__
+from mmccd.errors import MmccdError
+
+log = logging.getLogger("mmccd")
+
+EPILOG = """stages, in order:
+  prepare   NIfTI cases -> normalised, cropped slice store + subject splits (splits.json)
+  train     train a method's networks on healthy slices of the training subjects
+  evaluate  threshold on validation subjects, metrics on test subjects, report
+  score     anomaly maps for new cases (NIfTI in the input's voxel grid + PNG montage)
+  demo      all of the above on a synthetic phantom data set (the embedded default)
+
+example:
+  mmccd prepare --data /data/BraTS2021 --out prepared/ --size 128
+  mmccd train --prepared prepared/ --method mmccd --preset cpu --out runs/mmccd
+  mmccd evaluate --run runs/mmccd
+  mmccd score --run runs/mmccd --case /data/new/BraTS-GLI-00001-000 --out maps/
+"""
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the common options (only those given)."""
+    o: dict[str, Any] = {}
+    for key in ("source", "target", "device", "method"):
+        if getattr(args, key, None) is not None:
+            o[key] = getattr(args, key)
+    if getattr(args, "iterations", None) is not None:
+        o.setdefault("train", {})["iterations"] = args.iterations
+    if getattr(args, "batch_size", None) is not None:
+        o.setdefault("train", {})["batch_size"] = args.batch_size
+    if getattr(args, "seed", None) is not None:
+        o.setdefault("train", {})["seed"] = args.seed
+    if getattr(args, "amp", None) is not None:
+        o.setdefault("train", {})["amp"] = args.amp
+    if getattr(args, "set", None):
+        import yaml
+
+        for item in args.set:
+            if "=" not in item:
+                raise MmccdError(f"--set expects KEY=VALUE (e.g. train.lr=2e-4), found '{item}'")
+            key, value = item.split("=", 1)
+            node = o
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = yaml.safe_load(value)
+    return o
+
+
+def _add_config_options(p: argparse.ArgumentParser, method: bool = True) -> None:
+    from mmccd.config import MODALITIES
+
+    p.add_argument("--preset", default="cpu",
+                   help="config preset: a name (tiny, cpu, fast, reference, gpu; see `mmccd presets`) or a YAML file (default: cpu)")
+    if method:
+        from mmccd.scoring import method_names
+
+        p.add_argument("--method", choices=method_names(), help="method to train (default: the preset's)")
+    p.add_argument("--source", choices=MODALITIES, help="input contrast (default: the preset's, flair)")
+    p.add_argument("--target", choices=MODALITIES, help="contrast it is translated to (default: the preset's, t2)")
+    p.add_argument("--device", help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=2e-4 --set network.base_channels=64 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmccd", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Unsupervised anomaly segmentation in multi-modal brain MRI (MMCCD and baselines).")
+    parser.add_argument("--version", action="version", version=f"mmccd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="<stage>")
+
+    p = sub.add_parser("prepare", help="NIfTI cases -> slice store with splits",
+                       description="Validate every case, normalise, crop and resize, select slices, write the "
+                                   "slice store and subject-level splits (splits.json, written once). Resumes: "
+                                   "cases already prepared with the same settings are reused.")
+    p.add_argument("--data", required=True, type=Path, help="folder with one subfolder per case (BraTS 2017-2021 or 2023+ naming)")
+    p.add_argument("--out", required=True, type=Path, help="prepared store folder to create or resume")
+    p.add_argument("--size", type=int, help="square slice size after brain crop + resize (default 128)")
+    p.add_argument("--source", default="flair", help="contrast every case must have (default flair)")
+    p.add_argument("--target", default="t2", help="second contrast every training case must have (default t2)")
+    p.add_argument("--layout", type=Path, help="YAML mapping modality -> file pattern for other layouts, "
+                   "e.g. {t1: '{case}_T1w.nii.gz', flair: '*FLAIR*.nii*', seg: '{case}_mask.nii.gz'}")
+    p.add_argument("--normalisation", choices=["percentile", "reference"],
+                   help="percentile: [p1,p99] of brain -> [-1,1] (default); reference: the authors' half-range centring")
+    p.add_argument("--train-window", nargs=2, type=int, metavar=("FIRST", "LAST"),
+                   help="restrict training slices to this axial index window, e.g. 70 89 (the reference protocol)")
+    p.add_argument("--preset", default=None, help="take the prepare section from this preset (default: built-in defaults)")
+    p.add_argument("--workers", type=int, help="processes over cases (default min(4, CPUs))")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first bad case instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="replace a store prepared with other settings")
+
+    p = sub.add_parser("train", help="train a method on healthy training slices",
+                       description="Train every network of a method (e.g. MMCCD: masked diffusion forward + UNet "
+                                   "backward) on tumour-free slices of the training subjects. Checkpoints carry the "
+                                   "resolved config and code version; --resume continues a stopped run exactly.")
+    p.add_argument("--prepared", required=True, type=Path, help="store written by `mmccd prepare`")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    _add_config_options(p)
+    p.add_argument("--iterations", type=int, help="training steps per network (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 on CUDA only)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+
+    p = sub.add_parser("evaluate", help="threshold on validation, metrics on test, report",
+                       description="Score the validation and test subjects' evaluation slices, choose the threshold "
+                                   "maximising mean Dice on VALIDATION subjects, apply it once to test, and write "
+                                   "metrics.json, per_slice.csv, per_subject.csv, figures/ and report.html in the run.")
+    p.add_argument("--run", required=True, type=Path, help="run folder written by `mmccd train`")
+    p.add_argument("--slices", choices=["max_tumour", "all"], help="max_tumour: one slice per subject (reference protocol); all: every slice with brain")
+    p.add_argument("--device", help="device for scoring (default: the run's)")
+    p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
+    p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
+    p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
+
+    p = sub.add_parser("score", help="anomaly maps for new cases, written as NIfTI",
+                       description="Score every axial slice with brain of a case folder (or a single NIfTI of the "
+                                   "source contrast) and write the map back into the input's voxel grid: "
+                                   "<case>_anomaly.nii.gz (float), <case>_mask.nii.gz (binary, at the run's "
+                                   "validation threshold) and <case>_montage.png. No segmentation needed.")
+    p.add_argument("--run", required=True, type=Path, help="trained run folder")
+    p.add_argument("--case", required=True, type=Path, nargs="+",
+                   help="case folder(s), single NIfTI file(s) of the source contrast, or a folder of case folders")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--threshold", type=float, help="binary-mask threshold (default: the one chosen on validation by `mmccd evaluate`)")
+    p.add_argument("--device", help="device (default: the run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs for these cases")
+
+    p = sub.add_parser("demo", help="the whole pipeline on a synthetic phantom (minutes on a CPU)",
+                       description="Generate a SYNTHETIC multi-contrast brain phantom data set, prepare it, train "
+                                   "Cyclic UNet and MMCCD with the `tiny` preset, evaluate both and write reports.")
+    p.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder (default results/demo)")
+    p.add_argument("--cases", type=int, default=12, help="number of synthetic cases (default 12)")
+    p.add_argument("--methods", nargs="+", default=["cyclic-unet", "mmccd"], help="methods to run (default cyclic-unet mmccd)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.add_argument("--device", help="device (default auto)")
+
+    sub.add_parser("presets", help="list the config presets", description="List the config presets and their files.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _dispatch(args)
+    except MmccdError as exc:
+        if args.debug:
+            raise
+        print(f"mmccd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmccd {args.command}: interrupted; finished work is kept (use --resume where offered)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "presets":
+        from mmccd.config import CONFIG_DIR, preset_names
+
+        for name in preset_names():
+            first = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+            print(f"{name:12s} {first}")
+        return 0
+    if args.command == "prepare":
+        return _prepare(args)
+    if args.command == "train":
+        from mmccd.config import load_config
+        from mmccd.pipeline.runs import train_run
+
+        cfg = load_config(args.preset, _overrides(args))
+        train_run(args.prepared, args.out, cfg, overwrite=args.overwrite, resume=args.resume)
+        print(f"trained {cfg.method} -> {args.out}")
+        return 0
+    if args.command == "evaluate":
+        from mmccd.evaluation.postprocess import PostProcess
+        from mmccd.pipeline.evaluate import evaluate_run
+
+        summary = evaluate_run(args.run, slices=args.slices, device=args.device,
+                               postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component))
+        _print_summary(summary)
+        print(f"report: {Path(args.run) / 'report.html'}")
+        return 0
+    if args.command == "score":
+        from mmccd.pipeline.score import score_cases
+
+        summary = score_cases(args.run, args.case, args.out, threshold=args.threshold, device=args.device,
+                              overwrite=args.overwrite)
+        for case_id, files in summary.written.items():
+            print(f"{case_id}: " + ", ".join(str(f) for f in files))
+        for case_id, why in summary.skipped:
+            print(f"skipped {case_id}: {why}", file=sys.stderr)
+        return 1 if summary.skipped and not summary.written else 0
+    if args.command == "demo":
+        from mmccd.pipeline.demo import run_demo
+
+        run_demo(args.out, n_cases=args.cases, methods=args.methods, overwrite=args.overwrite, device=args.device)
+        return 0
+    raise MmccdError(f"unknown command {args.command}")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mmccd.config import PrepareConfig, load_config, merge
+    from mmccd.data.prepare import prepare_dataset
+
+    cfg = load_config(args.preset).prepare if args.preset else PrepareConfig()
+    o: dict[str, Any] = {}
+    if args.size is not None:
+        o["size"] = args.size
+    if args.normalisation:
+        o["normalisation"] = args.normalisation
+    if args.train_window:
+        o["train_slice_window"] = list(args.train_window)
+    if args.workers is not None:
+        o["workers"] = args.workers
+    cfg = merge(cfg, o, "options")
+    layout = None
+    if args.layout:
+        from mmccd.config import read_yaml
+
+        layout = {str(k): str(v) for k, v in read_yaml(args.layout).items()}
+    del yaml
+    summary = prepare_dataset(args.data, args.out, cfg, layout=layout,
+                              on_error="stop" if args.stop_on_error else "skip", overwrite=args.overwrite,
+                              required=(args.source, args.target))
+    print(f"prepared {len(summary.prepared)} case(s), reused {len(summary.reused)}, skipped {len(summary.skipped)} -> {args.out}")
+    for case_id, why in summary.skipped:
+        print(f"  skipped {case_id}: {why}", file=sys.stderr)
+    return 0 if (summary.prepared or summary.reused) else 1
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    keys = [k for k in summary if isinstance(summary[k], (int, float))]
+    width = max((len(k) for k in keys), default=0)
+    for k in keys:
+        v = summary[k]
+        print(f"  {k:{width}s}  {v:.4f}" if isinstance(v, float) else f"  {k:{width}s}  {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Run folders: create (refusing to overwrite results), train every network of a method, reload.
+
+    RUN/
+      config.yaml       resolved config (the run's single source of truth)
+      run_info.json     code and package versions, the prepared store, training times
+      checkpoints/      <net>.pt: weights, EMA, optimizer, RNG, config, code version
+      logs/             <net>.csv training curves (+ tensorboard/ when installed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmccd.config import ExperimentConfig, dump_yaml, from_dict
+from mmccd.data.dataset import SliceDataset
+from mmccd.data.io import atomic_write_text
+from mmccd.data.store import PreparedStore
+from mmccd.errors import ConfigError, OutputExistsError
+from mmccd.provenance import run_info
+from mmccd.scoring import build_method
+from mmccd.scoring.base import AnomalyMethod
+from mmccd.training import dist_info, load_checkpoint, load_state_checked, resolve_device, seed_everything, train_network
+
+log = logging.getLogger("mmccd")
+
+
+def prepare_output_dir(out: Path, *, overwrite: bool, resume: bool, marker: str) -> None:
+    """Refuse to write into a folder that already holds results, unless asked to overwrite or resume."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            if not (out / marker).exists() and not resume:
+                raise OutputExistsError(
+                    f"{out} is not empty and does not look like an mmccd output ({marker} missing); "
+                    "refusing to delete it: choose another --out")
+            if not resume:
+                shutil.rmtree(out)
+        elif not resume:
+            raise OutputExistsError(
+                f"{out} already holds results ({', '.join(sorted(p.name for p in out.iterdir())[:5])}); "
+                "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def read_run_config(run_dir: Path) -> ExperimentConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml): train first with `mmccd train ... --out {run_dir}`")
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run_info.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / "run_info.json", json.dumps(info, indent=2))
+
+
+def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool = False,
+              resume: bool = False, reuse_backward_from: Path | None = None) -> AnomalyMethod:
+    """Train every network of `cfg.method` on the healthy slices of the training subjects.
+
+    `reuse_backward_from`: a run whose trained `backward` network (target -> source UNet) is
+    identical in role and config, e.g. Cyclic UNet's for MMCCD; its checkpoint is copied."""
+    store = PreparedStore.open(prepared)
+    cfg = dataclasses.replace(cfg, prepare=store.config)  # the store decides size and normalisation
+    rank, _ = dist_info()
+    run_dir = Path(run_dir)
+    if rank == 0:
+        if resume and (run_dir / "config.yaml").exists():
+            previous = read_run_config(run_dir)
+            # only the number of iterations may change on resume (to train longer)
+            if dataclasses.replace(previous, train=dataclasses.replace(previous.train, iterations=cfg.train.iterations)) != cfg:
+                raise OutputExistsError(
+                    f"{run_dir} was trained with another config; --resume needs the same config "
+                    "(see its config.yaml), or pass --overwrite to start again")
+        prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, marker="config.yaml")
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.device)
+    method = build_method(cfg)
+    splits = store.splits()
+    train_ids = splits["train"]
+    info = read_run_info(run_dir) | {"prepared": str(Path(prepared).resolve()), "train_subjects": train_ids,
+                                     "device": str(device), **run_info()}
+    losses = method.losses()
+    dataset = SliceDataset(store, train_ids, cfg.source, cfg.target, slices="train")
+    info["train_slices"] = len(dataset)
+    times = info.setdefault("train_seconds", {})
+    for name, loss_fn in losses.items():
+        ckpt = run_dir / "checkpoints" / f"{name}.pt"
+        if reuse_backward_from is not None and name == "backward" and not ckpt.exists():
+            _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "backward.pt", ckpt, cfg)
+        result = train_network(method.nets[name], loss_fn, dataset, cfg, ckpt, name, device, log_dir=run_dir / "logs")
+        if result.seconds:
+            times[name] = round(result.seconds, 1)
+            info.setdefault("data_wait_fraction", {})[name] = round(result.data_wait_fraction, 4)
+    if rank == 0:
+        write_run_info(run_dir, info)
+    return method.eval()
+
+
+def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
+    if not src.exists():
+        return
+    other = from_dict(load_checkpoint(src)["config"])
+    same = (other.network == cfg.network and other.train == cfg.train and other.prepare == cfg.prepare
+            and (other.source, other.target) == (cfg.source, cfg.target))
+    if same:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        log.info("reusing the backward network trained in %s", src.parent.parent)
+
+
+def load_method(run_dir: Path, device: str | None = None) -> AnomalyMethod:
+    """The method of a run with its EMA weights, on `device` (default: the run's config)."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    method = build_method(cfg)
+    for name in method.losses():
+        path = run_dir / "checkpoints" / f"{name}.pt"
+        ckpt = load_checkpoint(path)
+        if not ckpt.get("finished", False):
+            raise ConfigError(f"{path} is from an unfinished training run (step {ckpt['step']} of "
+                              f"{cfg.train.iterations}): finish it with `mmccd train ... --out {run_dir} --resume`")
+        load_state_checked(method.nets[name], ckpt["ema"], path)
+    return method.to(resolve_device(device or cfg.device)).eval()

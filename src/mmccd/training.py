@@ -1,0 +1,358 @@
+"""One training loop for every network: AdamW, EMA, AMP, DDP, checkpoints, exact resume.
+
+The batch drawn at step s depends only on (seed, s): epoch e shuffles the training slices with a
+generator seeded by (seed, e), so a resumed run sees the same data order. Loss randomness (noise,
+timesteps, masks) comes from one torch.Generator whose state is checkpointed with the model,
+optimizer, EMA and global RNG, so a CPU run killed at any point and resumed ends with the same
+weights as an uninterrupted one.
+
+Under `torchrun` (torch.distributed initialised) each rank takes its share of every global batch
+and gradients are averaged by DistributedDataParallel; rank 0 alone logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmccd.config import ExperimentConfig, TrainConfig, to_dict
+from mmccd.data.batch import SliceBatch, collate_slices
+from mmccd.errors import CheckpointError
+from mmccd.provenance import code_version
+
+log = logging.getLogger("mmccd")
+#: loss(net, batch, generator) -> scalar; every randomness from `generator`
+LossFn = Callable[[nn.Module, SliceBatch, torch.Generator], Tensor]
+CHECKPOINT_FORMAT = "mmccd-checkpoint-v1"
+
+
+# ---------------------------------------------------------------- devices and seeds
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' = the local CUDA device if present (the rank's own under torchrun), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from mmccd.errors import ConfigError
+
+        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ---------------------------------------------------------------- data order
+
+
+def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the global batch at `step`: consecutive windows of per-epoch permutations."""
+    out: list[int] = []
+    start = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset: offset + take].tolist())
+    return out
+
+
+class _StepBatches(torch.utils.data.Sampler[list[int]]):
+    """Yields this rank's share of the global batches from `start_step` to `stop_step`."""
+
+    def __init__(self, n: int, cfg: TrainConfig, start_step: int, stop_step: int, rank: int, world: int):
+        self.n, self.cfg, self.start, self.stop, self.rank, self.world = n, cfg, start_step, stop_step, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield global_batch_indices(self.n, self.cfg.batch_size, step, self.cfg.seed)[self.rank:: self.world]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary name and rename: a killed process never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load safely (weights_only) and check the format; clear errors for missing/corrupt files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: train first (`mmccd train ...`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt zips/pickles
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "it is corrupt or not an mmccd checkpoint: delete it and train again") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an mmccd checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_state_checked(module: nn.Module, state: dict[str, Tensor], path: Path, what: str = "model") -> None:
+    """load_state_dict with an error that says the checkpoint is from another architecture."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", mismatched))
+            if keys
+        )
+        raise CheckpointError(
+            f"checkpoint {path} holds a {what} of another architecture than the configured one ({detail}); "
+            "use the config saved with that checkpoint or train again")
+    module.load_state_dict(state)
+
+
+@dataclass
+class TrainResult:
+    net_name: str
+    steps: int
+    seconds: float
+    final_loss: float
+    checkpoint: Path
+    data_wait_fraction: float
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _LossModule(nn.Module):
+    """Wraps net + loss so DistributedDataParallel sees the loss computation as its forward."""
+
+    def __init__(self, net: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: SliceBatch, generator: torch.Generator) -> Tensor:
+        return self.loss_fn(self.net, batch, generator)
+
+
+def _flip(batch: SliceBatch, generator: torch.Generator) -> SliceBatch:
+    """Random left-right flip per slice (brains are roughly symmetric); same draw for all fields."""
+    flip = torch.rand(len(batch), generator=generator, device=generator.device) < 0.5
+    flip = flip.to(batch.source.device).view(-1, 1, 1, 1)
+
+    def f(x: Tensor) -> Tensor:
+        return torch.where(flip, x.flip(-1), x)
+
+    return SliceBatch(source=f(batch.source), target=f(batch.target), brain_mask=f(batch.brain_mask),
+                      gt_mask=None if batch.gt_mask is None else f(batch.gt_mask),
+                      subject_id=batch.subject_id, slice_index=batch.slice_index)
+
+
+def train_network(
+    net: nn.Module,
+    loss_fn: LossFn,
+    dataset: Dataset,
+    cfg: ExperimentConfig,
+    checkpoint: Path,
+    net_name: str,
+    device: torch.device,
+    log_dir: Path | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `net` with `loss_fn` on `dataset` for cfg.train.iterations steps (resuming `checkpoint`).
+
+    The EMA weights end up in `net` when training finishes (they are what scoring uses).
+    `stop_after` ends the run early after that many steps in this call (for tests of resume)."""
+    tc = cfg.train
+    rank, world = dist_info()
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        from mmccd.errors import DataError
+
+        raise DataError("no training slices: every training subject's slices hold tumour or too little brain",
+                        fix="check prepare.min_brain_fraction / train_slice_window or add subjects")
+    if tc.batch_size % world:
+        from mmccd.errors import ConfigError
+
+        raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by the {world} processes")
+
+    net.to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    use_fp16 = tc.amp == "fp16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+    generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+    step = 0
+
+    if checkpoint.exists():
+        ckpt = load_checkpoint(checkpoint)
+        load_state_checked(net, ckpt["model"], checkpoint)
+        load_state_checked(ema, ckpt["ema"], checkpoint, "EMA model")
+        step = int(ckpt["step"])
+        if step < tc.iterations:
+            opt.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            generator.set_state(ckpt["rng"]["generator"][rank] if rank < len(ckpt["rng"]["generator"])
+                                else ckpt["rng"]["generator"][0])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            log.info("%s: resuming from step %d (%s)", net_name, step, checkpoint)
+    if step >= tc.iterations:
+        net.load_state_dict(ema.state_dict())
+        return TrainResult(net_name, step, 0.0, float("nan"), checkpoint, 0.0)
+
+    model: nn.Module = _LossModule(net, loss_fn)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    stop = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
+    loader = DataLoader(dataset, batch_sampler=_StepBatches(n, tc, step, stop, rank, world),
+                        collate_fn=collate_slices, num_workers=tc.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        generator=torch.Generator())  # own generator: creating the iterator must not draw from the global RNG
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype and (device.type == "cuda" or amp_dtype == torch.bfloat16)
+                else nullcontext())
+
+    writer = _Logger(log_dir, net_name) if rank == 0 and log_dir is not None else None
+    bar = tqdm(total=tc.iterations, initial=step, desc=f"train {net_name}", disable=rank != 0, dynamic_ncols=True)
+    t_start = time.perf_counter()
+    wait = 0.0
+    loss_value = float("nan")
+    ema_loss = None
+    net.train()
+    t_wait = time.perf_counter()
+    for batch in loader:
+        wait += time.perf_counter() - t_wait
+        batch = batch.to(device)
+        if tc.augment_flip:
+            batch = _flip(batch, generator)
+        with autocast:
+            loss = model(batch, generator)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        _ema_update(ema, net, tc.ema_decay, step, tc.ema_warmup)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{net_name}: loss became {loss_value} at step {step}; lower train.lr or use amp none")
+        ema_loss = loss_value if ema_loss is None else 0.98 * ema_loss + 0.02 * loss_value
+        bar.update(1)
+        if step % 10 == 0 or step == stop:
+            bar.set_postfix(loss=f"{ema_loss:.4f}")
+        elapsed = time.perf_counter() - t_start
+        if writer and (step % tc.log_every == 0 or step == stop):
+            writer.write(step, loss_value, ema_loss, opt.param_groups[0]["lr"], elapsed, wait / max(elapsed, 1e-9))
+        if rank == 0 and (step % tc.checkpoint_every == 0 or step == stop):
+            _save(checkpoint, net, ema, opt, scaler, generator, step, cfg, net_name, world)
+        t_wait = time.perf_counter()
+    bar.close()
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+    seconds = time.perf_counter() - t_start
+    if step >= tc.iterations:
+        net.load_state_dict(ema.state_dict())
+    return TrainResult(net_name, step, seconds, loss_value, checkpoint, wait / max(seconds, 1e-9))
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, net: nn.Module, decay: float, step: int, warmup: bool) -> None:
+    d = min(decay, (1 + step) / (10 + step)) if warmup else decay
+    for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+        pe.lerp_(pn.detach(), 1 - d)
+    for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
+        be.copy_(bn)
+
+
+def _save(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          generator: torch.Generator, step: int, cfg: ExperimentConfig, net_name: str, world: int) -> None:
+    gen_states = [generator.get_state()]
+    if world > 1:  # every rank's loss generator, so a resumed multi-process run continues exactly
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, generator.get_state().cpu())
+        gen_states = gathered
+    atomic_torch_save({
+        "format": CHECKPOINT_FORMAT,
+        "net_name": net_name,
+        "method": cfg.method,
+        "config": to_dict(cfg),
+        "code_version": code_version(),
+        "step": step,
+        "finished": step >= cfg.train.iterations,
+        "model": net.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "generator": gen_states},
+    }, path)
+
+
+class _Logger:
+    """CSV log per network (+ TensorBoard when installed: `pip install mmccd[tensorboard]`)."""
+
+    def __init__(self, log_dir: Path, name: str):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / f"{name}.csv"
+        new = not path.exists()
+        self.file = path.open("a", newline="")
+        self.csv = csv.writer(self.file)
+        if new:
+            self.csv.writerow(["step", "loss", "loss_smoothed", "lr", "seconds", "data_wait_fraction"])
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb: Any = SummaryWriter(str(log_dir / "tensorboard" / name))
+        except Exception:  # tensorboard is an optional extra
+            self.tb = None
+
+    def write(self, step: int, loss: float, smoothed: float, lr: float, seconds: float, wait: float) -> None:
+        self.csv.writerow([step, f"{loss:.6g}", f"{smoothed:.6g}", lr, f"{seconds:.1f}", f"{wait:.4f}"])
+        self.file.flush()
+        if self.tb:
+            self.tb.add_scalar("loss", loss, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb:
+            self.tb.close()
