@@ -1,10 +1,9 @@
 """The shared training loop: exact resume, EMA, checkpoints, clear checkpoint errors."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import pytest
 
 from mmccd.config import ExperimentConfig, merge
 from mmccd.errors import CheckpointError

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mmccd.config import ExperimentConfig, TrainConfig, to_dict
 from mmccd.data.batch import SliceBatch, collate_slices
+from mmccd.data.io import atomic_write
 from mmccd.errors import CheckpointError
 from mmccd.provenance import code_version
 
@@ -109,10 +110,8 @@ class _StepBatches(torch.utils.data.Sampler[list[int]]):
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary name and rename: a killed process never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -67,8 +67,9 @@ def cache_path(run_dir: Path, split: str, slices: str) -> Path:
 
 
 def save_cache(path: Path, scored: ScoredSplit, signature: str) -> None:
-    from mmccd.data.io import atomic_write_bytes
     import io
+
+    from mmccd.data.io import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez_compressed(

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from mmccd.config import load_config
+from mmccd.data.io import atomic_write_text
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.data.prepare import prepare_dataset
-from mmccd.data.io import atomic_write_text
 from mmccd.pipeline.evaluate import evaluate_run
 from mmccd.pipeline.runs import prepare_output_dir, train_run
 

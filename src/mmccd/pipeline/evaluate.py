@@ -18,7 +18,14 @@ from mmccd.data.store import PreparedStore
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
 from mmccd.evaluation.metrics import evaluate_maps
 from mmccd.evaluation.postprocess import PostProcess
-from mmccd.evaluation.protocol import ScoredSplit, cache_path, load_cache, postprocess_records, save_cache, score_split
+from mmccd.evaluation.protocol import (
+    ScoredSplit,
+    cache_path,
+    load_cache,
+    postprocess_records,
+    save_cache,
+    score_split,
+)
 from mmccd.evaluation.report import write_report
 from mmccd.evaluation.thresholds import choose_threshold, dice_curve, oracle_threshold
 from mmccd.pipeline.runs import load_method, read_run_config, read_run_info
@@ -51,19 +58,21 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
 
     val = postprocess_records(scored["val"].records, pp)
     test = postprocess_records(scored["test"].records, pp)
-    choice = choose_threshold(val, n=cfg.eval.threshold_quantiles)
-    oracle = oracle_threshold(test, n=cfg.eval.threshold_quantiles)
-    result = evaluate_maps(test, choice.threshold, postprocess=pp)
-    test_curve = dice_curve(test, choice.thresholds)
+    pred_filter = pp.apply_mask if pp.min_component else None  # component removal acts on the binary mask
+    choice = choose_threshold(val, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
+    oracle = oracle_threshold(test, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
+    result = evaluate_maps(test, choice.threshold, pred_filter=pred_filter)
+    test_curve = dice_curve(test, choice.thresholds, pred_filter=pred_filter)
 
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
-    dice_threshold_plot(choice.thresholds, choice.val_curve, test_curve, choice.threshold, figures / "dice_vs_threshold.png")
+    dice_threshold_plot(choice.thresholds, choice.val_curve, test_curve, choice.threshold,
+                        figures / "dice_vs_threshold.png", oracle=oracle.threshold)
     rows, titles = [], []
     for fig in scored["test"].figures:
         amap, brain = pp.apply_map(fig["anomaly_map"], fig["brain"])
         row = {"input": fig["source"], "anomaly map": amap,
-               "prediction": pp.apply_mask(amap > choice.threshold) & brain, "ground truth": fig["gt"]}
+               "prediction": pp.apply_mask((amap >= choice.threshold) & brain), "ground truth": fig["gt"]}
         if "translation" in fig:
             row["translation"] = fig["translation"]
             row["cyclic reconstruction"] = fig["reconstruction"]
@@ -80,6 +89,7 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
         "threshold_search_range": choice.search_range, "val_dice_at_threshold": float(choice.val_dice),
         **result.summary,
         "oracle_threshold": float(oracle.threshold), "oracle_dice_test": float(oracle.val_dice),
+        "threshold_at_search_edge": bool(choice.at_edge),
         "n_val_subjects": len(splits["val"]), "n_test_subjects": len(splits["test"]),
         "n_test_slices": len(test), "seconds_per_slice": scored["test"].seconds_per_slice,
         "postprocess": pp.describe(),

@@ -26,7 +26,14 @@ from mmccd.errors import ConfigError, OutputExistsError
 from mmccd.provenance import run_info
 from mmccd.scoring import build_method
 from mmccd.scoring.base import AnomalyMethod
-from mmccd.training import dist_info, load_checkpoint, load_state_checked, resolve_device, seed_everything, train_network
+from mmccd.training import (
+    dist_info,
+    load_checkpoint,
+    load_state_checked,
+    resolve_device,
+    seed_everything,
+    train_network,
+)
 
 log = logging.getLogger("mmccd")
 
@@ -98,8 +105,8 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     times = info.setdefault("train_seconds", {})
     for name, loss_fn in losses.items():
         ckpt = run_dir / "checkpoints" / f"{name}.pt"
-        if reuse_backward_from is not None and name == "backward" and not ckpt.exists():
-            _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "backward.pt", ckpt, cfg)
+        if reuse_backward_from is not None and name == "target_to_source" and not ckpt.exists():
+            _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt", ckpt, cfg)
         result = train_network(method.nets[name], loss_fn, dataset, cfg, ckpt, name, device, log_dir=run_dir / "logs")
         if result.seconds:
             times[name] = round(result.seconds, 1)

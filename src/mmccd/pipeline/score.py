@@ -75,13 +75,12 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
             save_nifti_like(result.anomaly_map, reference, outputs[0])
             mask = None
             if threshold is not None:
-                mask = (result.anomaly_map > threshold).astype(np.uint8)
+                mask = (result.anomaly_map >= threshold).astype(np.uint8)
                 save_nifti_like(mask, reference, outputs[1])
                 written.append(outputs[1])
-            src_index = prepared.meta["modalities"].index(cfg.source) if "modalities" in prepared.meta else None
-            images = prepared.images[:, src_index] if src_index is not None else prepared.images[:, 0]
-            overlay = result.stored_maps if threshold is None else (result.stored_maps > threshold)
-            montage(images, overlay, outputs[2])
+            images = prepared.images[:, prepared.meta["modalities"].index(cfg.source)]
+            montage(images, result.stored_maps, outputs[2], threshold=threshold,
+                    indices=None, title=f"{case.case_id}: {cfg.method} anomaly map ({cfg.source})")
             written.append(outputs[2])
             summary.written[case.case_id] = written
         except MmccdError as exc:

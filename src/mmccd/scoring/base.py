@@ -19,7 +19,6 @@ from mmccd.data.batch import SliceBatch
 from mmccd.training import LossFn
 
 
-
 class AnomalyMethod(ABC):
     """Base class. Subclasses set `name` and build `self.nets` in __init__."""
 

@@ -35,16 +35,16 @@ class CyclicUNet(AnomalyMethod):
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
-        self.nets["forward"] = translation_unet(cfg)
-        self.nets["backward"] = translation_unet(cfg)
+        self.nets["source_to_target"] = translation_unet(cfg)
+        self.nets["target_to_source"] = translation_unet(cfg)
 
     def losses(self) -> dict[str, LossFn]:
-        return {"forward": forward_translation_loss, "backward": backward_translation_loss}
+        return {"source_to_target": forward_translation_loss, "target_to_source": backward_translation_loss}
 
     @torch.inference_mode()
     def score(self, batch: SliceBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        translation = self.nets["forward"](batch.source)
-        reconstruction = self.nets["backward"](translation)
+        translation = self.nets["source_to_target"](batch.source)
+        reconstruction = self.nets["target_to_source"](translation)
         return {
             "anomaly_map": masked_error(batch.source, reconstruction, batch.brain_mask),
             "translation": translation,

@@ -41,8 +41,8 @@ class MMCCD(AnomalyMethod):
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
-        self.nets["forward"] = build_forward_model(cfg)
-        self.nets["backward"] = translation_unet(cfg)
+        self.nets["source_to_target"] = build_forward_model(cfg)
+        self.nets["target_to_source"] = translation_unet(cfg)
         self.stripe_width = stripe_width_for(cfg.prepare.size, cfg.diffusion.stripe_width)
 
     # ------------------------------------------------------------------ training
@@ -52,7 +52,7 @@ class MMCCD(AnomalyMethod):
         return net.loss(batch.source, batch.target, mask, generator)
 
     def losses(self) -> dict[str, LossFn]:
-        return {"forward": self._forward_loss, "backward": backward_translation_loss}
+        return {"source_to_target": self._forward_loss, "target_to_source": backward_translation_loss}
 
     # ------------------------------------------------------------------ scoring
     def masks(self) -> Tensor:
@@ -71,8 +71,8 @@ class MMCCD(AnomalyMethod):
         masks = self.masks().to(device)  # (M, 1, S, S)
         hidden = 1.0 - masks
         coverage = hidden.sum(0)  # (1, S, S)
-        forward: MaskedConditionalDiffusion = self.nets["forward"]  # type: ignore[assignment]
-        backward = self.nets["backward"]
+        forward: MaskedConditionalDiffusion = self.nets["source_to_target"]  # type: ignore[assignment]
+        backward = self.nets["target_to_source"]
         maps, translations, reconstructions = [], [], []
         for i in range(len(batch)):
             s = batch.source[i: i + 1]

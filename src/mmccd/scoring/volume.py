@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ def score_prepared_case(method: AnomalyMethod, prepared: PreparedCase, batch_siz
     """Score all stored slices of a prepared case and map them back to the original grid."""
     cfg = method.cfg
     meta = prepared.meta
-    batch = slices_from_prepared(prepared, cfg.source, cfg.target, which="all")
+    batch = slices_from_prepared(prepared, cfg.source, cfg.target, which="stored")  # every slice with brain
     device = method.device
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(cfg.score.seed)

@@ -49,13 +49,14 @@ def coarse_noise(shape: tuple[int, ...], resolution: int, std: float, g: torch.G
     """(B, C, H, W) noise: N(0, std^2) at resolution^2, bilinearly upsampled to H x W, randomly rolled.
 
     The random roll (one per batch, as in the DAE reference code) moves the coarse grid so its
-    nodes do not always fall on the same pixels."""
+    nodes do not always fall on the same pixels; it leaves a wrap-around seam, as the reference does."""
     b, c, h, w = shape
     r = max(1, min(resolution, h, w))
     coarse = gaussian((b, c, r, r), g, device) * std
     noise = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
-    shift = torch.randint(0, h * w, (2,), generator=g, device=g.device).tolist()
-    return torch.roll(noise, shifts=(shift[0] % h, shift[1] % w), dims=(-2, -1))
+    dy = int(torch.randint(0, h, (1,), generator=g, device=g.device))
+    dx = int(torch.randint(0, w, (1,), generator=g, device=g.device))
+    return torch.roll(noise, shifts=(dy, dx), dims=(-2, -1))
 
 
 def _fade(t: Tensor) -> Tensor:

@@ -1,0 +1,188 @@
+"""Find cases on disk: one folder per case, files paired to modalities by name (never by position).
+
+Naming schemes recognised without configuration:
+
+- BraTS 2017-2021: ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``
+- BraTS 2023+:     ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (t1n->t1, t1c->t1ce, t2w->t2, t2f->flair)
+
+``.nii`` works as well as ``.nii.gz``. Anything else: pass a `layout`, a mapping of modality
+("t1", "t1ce", "t2", "flair", "seg") to a glob pattern relative to the case folder, where
+``{case}`` stands for the folder name, e.g. ``{"t1": "{case}_T1w.nii.gz", "flair": "*FLAIR*.nii*"}``.
+
+Problems of one case (duplicates, unrecognised files) do not raise here: they are recorded in
+`Case.problems` and reported by validation, so one bad case never hides the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmccd.config import MODALITIES
+from mmccd.data.io import is_nifti_name, strip_nifti_suffix
+from mmccd.errors import DataError
+
+SEG = "seg"
+# naming -> (separator, {file suffix: canonical key})
+NAMINGS: dict[str, tuple[str, dict[str, str]]] = {
+    "brats2021": ("_", {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": SEG}),
+    "brats2023": ("-", {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": SEG}),
+}
+# suffix aliases accepted for a single file (case_from_path)
+FILE_ALIASES = {"t1": "t1", "t1n": "t1", "t1w": "t1", "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce",
+                "t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject's co-registered volumes.
+
+    images: canonical modality ("t1", "t1ce", "t2", "flair") -> file; absent keys are missing
+    seg:    label map file or None
+    naming: "brats2021" | "brats2023" | "custom" | "single-file"
+    problems: discovery problems (duplicate or ambiguous files), reported by validation
+    """
+
+    case_id: str
+    root: Path
+    images: dict[str, Path]
+    seg: Path | None
+    naming: str
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """images plus "seg" when present."""
+        return {**self.images, **({SEG: self.seg} if self.seg is not None else {})}
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_name(p.name) and not p.name.startswith("."))
+
+
+def _match_naming(files: list[Path], naming: str) -> dict[str, list[Path]]:
+    sep, suffixes = NAMINGS[naming]
+    found: dict[str, list[Path]] = {}
+    for f in files:
+        stem = strip_nifti_suffix(f.name).lower()
+        for suffix, key in suffixes.items():
+            if stem.endswith(sep + suffix):
+                found.setdefault(key, []).append(f)
+    return found
+
+
+def _match_layout(folder: Path, layout: Mapping[str, str]) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for key, pattern in layout.items():
+        matches = sorted(p for p in folder.glob(pattern.replace("{case}", folder.name)) if p.is_file())
+        if matches:
+            found[key] = matches
+    return found
+
+
+def _check_layout(layout: Mapping[str, str]) -> None:
+    bad = [k for k in layout if k not in (*MODALITIES, SEG)]
+    if bad:
+        raise DataError(f"unknown key(s) in the file layout: {', '.join(bad)}",
+                        expected=f"keys among {', '.join((*MODALITIES, SEG))}", found=", ".join(sorted(layout)))
+
+
+def _build_case(folder: Path, found: dict[str, list[Path]], naming: str, problems: list[str]) -> Case:
+    images: dict[str, Path] = {}
+    seg = None
+    for key in (*MODALITIES, SEG):
+        paths = found.get(key, [])
+        if len(paths) > 1:
+            problems.append(f"duplicate files for {key}: {', '.join(p.name for p in paths)} "
+                            "(keep exactly one)")
+            continue
+        if paths:
+            if key == SEG:
+                seg = paths[0]
+            else:
+                images[key] = paths[0]
+    return Case(folder.name, folder, images, seg, naming, tuple(problems))
+
+
+def discover_case(folder: str | Path, layout: Mapping[str, str] | None = None) -> Case:
+    """The Case of one case folder (problems recorded, never raised)."""
+    folder = Path(folder)
+    if layout:
+        _check_layout(layout)
+        return _build_case(folder, _match_layout(folder, layout), "custom", [])
+    files = _nifti_files(folder)
+    matches = {naming: _match_naming(files, naming) for naming in NAMINGS}
+    naming = max(NAMINGS, key=lambda n: sum(len(v) for v in matches[n].values()))
+    found = matches[naming]
+    problems = []
+    if not found:
+        problems.append(f"no file follows the BraTS 2021 (<case>_flair.nii.gz) or 2023 (<case>-t2f.nii.gz) naming "
+                        f"(files: {', '.join(f.name for f in files) or 'none'}); pass a layout for other names")
+    return _build_case(folder, found, naming, problems)
+
+
+def find_cases(root: str | Path, layout: Mapping[str, str] | None = None) -> list[Case]:
+    """Every subfolder of `root` that holds NIfTI files (or matches `layout`) is a case; sorted by id.
+
+    Raises DataError only for problems of `root` itself (missing, not a folder, no case folders)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError("the data folder does not exist", file=root, fix="check the --data path")
+    if not root.is_dir():
+        raise DataError("the data path is not a folder", file=root,
+                        expected="a folder with one subfolder per case", found="a file",
+                        fix="to score a single file, pass it to `mmccd score`")
+    if layout:
+        _check_layout(layout)
+    cases = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if layout:
+            case = discover_case(folder, layout)
+            if case.files or case.problems:
+                cases.append(case)
+        elif _nifti_files(folder):
+            cases.append(discover_case(folder))
+    if not cases:
+        flat = _nifti_files(root)
+        if layout:
+            found = f"no subfolder with files matching the layout {dict(layout)}"
+        elif flat:
+            found = f"{len(flat)} NIfTI file(s) directly in the folder and no case folders"
+        else:
+            found = "no subfolder with NIfTI files"
+        raise DataError("no cases found", file=root, expected="one subfolder per case holding its NIfTI files "
+                        "(e.g. BraTS2021_00000/BraTS2021_00000_flair.nii.gz)", found=found,
+                        fix="put each case's files in a folder named after the case" if flat else None)
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def case_from_path(path: str | Path, modality: str | None = None, layout: Mapping[str, str] | None = None) -> Case:
+    """A case folder, or a single NIfTI file of one contrast (naming "single-file").
+
+    For a file the modality is `modality` or inferred from the name's suffix (``_flair``, ``-t2f``, ...);
+    the case id is the name without that suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("the input does not exist", file=path)
+    if path.is_dir():
+        return discover_case(path, layout)
+    if not is_nifti_name(path.name):
+        raise DataError("not a NIfTI file name", file=path, expected="a .nii or .nii.gz file, or a case folder")
+    stem = strip_nifti_suffix(path.name)
+    head, token = stem, ""
+    for sep in ("_", "-"):
+        if sep in stem:
+            h, t = stem.rsplit(sep, 1)
+            if t.lower() in FILE_ALIASES:
+                head, token = h, t.lower()
+                break
+    if modality is None:
+        if not token:
+            raise DataError("cannot tell the contrast from the file name", file=path,
+                            expected="a name ending in _t1, _t1ce, _t2, _flair (or -t1n, -t1c, -t2w, -t2f)",
+                            found=path.name, fix="name the contrast explicitly (modality=... / --source)")
+        modality = FILE_ALIASES[token]
+    if modality not in MODALITIES:
+        raise DataError("unknown contrast", file=path, expected=", ".join(MODALITIES), found=modality)
+    return Case(head, path.parent, {modality: path}, None, "single-file")

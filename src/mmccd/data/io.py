@@ -1,0 +1,185 @@
+"""NIfTI reading with errors a user can act on, and atomic writes (temp name + os.replace).
+
+Every file this package writes goes through `atomic_write`: a reader (or a resumed run) never
+sees a half-written file, only the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mmccd.errors import DataError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti_name(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """'x_t1.nii.gz' -> 'x_t1'."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same suffixes); on success it replaces `path`.
+
+        with atomic_write(out / "images.npy") as tmp:
+            np.save(tmp, array)
+
+    On an exception the temporary file is removed and `path` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """np.save to `path` (which must end in .npy) atomically."""
+    with atomic_write(path) as tmp:
+        np.save(tmp, array)
+
+
+# ---------------------------------------------------------------- NIfTI
+
+
+def _sniff(path: Path, case_id: str | None) -> None:
+    """Cheap check of the first bytes: a gzip file for .nii.gz, a NIfTI-1/2 header for .nii."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except PermissionError:
+        raise DataError("cannot read the file (permission denied)", case=case_id, file=path,
+                        fix="give the current user read permission (chmod a+r)") from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a NIfTI file", case=case_id, file=path) from None
+    if not head:
+        raise DataError("the file is empty", case=case_id, file=path, fix="download or export it again")
+    if path.name.lower().endswith(".gz"):
+        if head[:2] != b"\x1f\x8b":
+            raise DataError("not a gzip-compressed NIfTI file", case=case_id, file=path,
+                            expected="a .nii.gz file (gzip)", found=f"first bytes {head[:2]!r}",
+                            fix="re-export the image as NIfTI, or fix the file name")
+        return
+    sizeof_hdr = (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+    if not any(s in (348, 540) for s in sizeof_hdr):
+        raise DataError("not a NIfTI file", case=case_id, file=path,
+                        expected="a NIfTI-1/2 header (sizeof_hdr 348 or 540)", found=f"first bytes {head!r}",
+                        fix="re-export the image as NIfTI (e.g. with dcm2niix), or remove it")
+
+
+def spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drop trailing singleton dimensions beyond the third: (H, W, D, 1) -> (H, W, D)."""
+    shape = tuple(shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def load_header(path: str | Path, case_id: str | None = None) -> nib.Nifti1Image:
+    """Open a NIfTI image without reading its voxels (nibabel proxy); checks the name, bytes and header.
+
+    Raises DataError for a missing, unreadable or non-NIfTI file and for an image that is not 3D."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", case=case_id, file=path)
+    _sniff(path, case_id)
+    try:
+        img = nib.load(str(path))
+    except PermissionError:
+        raise DataError("cannot read the file (permission denied)", case=case_id, file=path,
+                        fix="give the current user read permission (chmod a+r)") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError("the file is truncated or corrupt", case=case_id, file=path, found=str(exc) or type(exc).__name__,
+                        fix="download or export it again") from None
+    except Exception as exc:  # nibabel raises several types for a bad header
+        raise DataError("not a readable NIfTI image", case=case_id, file=path, found=f"{type(exc).__name__}: {exc}",
+                        fix="re-export the image as NIfTI") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError("not a NIfTI image", case=case_id, file=path, found=type(img).__name__)
+    shape = spatial_shape(img.shape)
+    if len(shape) != 3:
+        raise DataError("the image is not a 3D volume", case=case_id, file=path,
+                        expected="3 dimensions (a 4th of size 1 is accepted)", found=f"shape {tuple(img.shape)}",
+                        fix="split 4D series into 3D volumes; 2D slices are not supported")
+    return img
+
+
+def load_nifti(path: str | Path, case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read a 3D NIfTI volume.
+
+    Returns (data, img): data (X, Y, Z) float32 in the file's voxel order (scaling applied), img the
+    nibabel image (header + affine; its voxels are not cached). A trailing singleton 4th dimension
+    is squeezed. Raises DataError for a missing, unreadable, truncated, non-NIfTI or non-3D file."""
+    path = Path(path)
+    img = load_header(path, case_id)
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"), dtype=np.float32)
+    except PermissionError:
+        raise DataError("cannot read the file (permission denied)", case=case_id, file=path,
+                        fix="give the current user read permission (chmod a+r)") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # EOFError, zlib.error, OSError, ValueError("Expected N bytes ...")
+        raise DataError("the voxel data are truncated or corrupt", case=case_id, file=path,
+                        found=f"{type(exc).__name__}: {exc}", fix="download or export the file again") from None
+    return data.reshape(spatial_shape(data.shape)), img
+
+
+def save_nifti_like(array: np.ndarray, reference_img: nib.Nifti1Image, path: str | Path) -> None:
+    """Write `array` (the reference's 3D voxel grid) as NIfTI with the reference's affine and header.
+
+    The stored type follows `array`: bool/uint8 -> uint8, integers -> int16/int32, floats -> float32
+    (no intensity scaling). Written atomically."""
+    array = np.asarray(array)
+    ref_shape = spatial_shape(reference_img.shape)
+    if array.shape != ref_shape:
+        raise ValueError(f"array shape {array.shape} differs from the reference grid {ref_shape}")
+    if array.dtype == bool or array.dtype == np.uint8:
+        array, dtype = array.astype(np.uint8), np.uint8
+    elif np.issubdtype(array.dtype, np.integer):
+        dtype = np.int16 if np.abs(array).max(initial=0) < 2**15 else np.int32
+        array = array.astype(dtype)
+    else:
+        array, dtype = array.astype(np.float32), np.float32
+    header = reference_img.header.copy()
+    img = type(reference_img)(array, reference_img.affine, header=header)
+    img.set_data_dtype(dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0
+    with atomic_write(path) as tmp:
+        nib.save(img, str(tmp))

@@ -1,0 +1,261 @@
+"""`mmccd prepare`: NIfTI cases -> prepared store (store.py), one pass over each file.
+
+Per case (`prepare_case`):
+  1. load every present modality and the segmentation once; validate the loaded volumes;
+  2. brain = any modality != 0; percentile-normalise each modality over the brain (preprocess.py);
+  3. axial slices along the axis closest to S-I, original voxel order; keep slices with brain;
+  4. crop a square box around the brain (union over slices), resize to S x S
+     (bilinear for images, nearest for brain mask and labels);
+  5. choose training / evaluation slices (slicing.py).
+
+Per data set (`prepare_dataset`): discover, check every case's headers before any work (all
+problems are reported), prepare the rest in worker processes, resume complete cases, then
+write splits.json once. Voxel-level problems (NaN, empty volume, labels) are found while
+preparing, since that is when the voxels are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmccd.config import MODALITIES, PrepareConfig, to_dict
+from mmccd.data.discovery import SEG, Case, find_cases
+from mmccd.data.io import load_nifti
+from mmccd.data.preprocess import (
+    axial_axis,
+    brain_mask,
+    crop_resize,
+    percentile_normalise,
+    square_box,
+    to_slices,
+)
+from mmccd.data.slicing import select_slices
+from mmccd.data.splits import load_or_create_splits
+from mmccd.data.store import (
+    SPLITS_JSON,
+    case_dir,
+    is_complete,
+    read_prepare_json,
+    write_case,
+    write_prepare_json,
+)
+from mmccd.data.validation import check_cases, validate_loaded
+from mmccd.errors import DataError
+
+log = logging.getLogger("mmccd")
+
+BOX_MARGIN = 4  # px around the brain's bounding box
+RESUME_IGNORES = ("workers",)  # PrepareConfig keys that do not change the prepared data
+
+
+@dataclass
+class PreparedCase:
+    """One case in the prepared space (what the store holds, in memory).
+
+    images: (n, 4, S, S) float32 in [-1, 1], channels MODALITIES; a missing modality is -1
+    brain:  (n, S, S) uint8 0/1
+    seg:    (n, S, S) uint8 labels 0..3, or None
+    meta:   see `prepare_case`
+    """
+
+    images: np.ndarray
+    brain: np.ndarray
+    seg: np.ndarray | None
+    meta: dict[str, Any]
+
+
+@dataclass
+class PrepareSummary:
+    prepared: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (case_id, reason)
+    reused: list[str] = field(default_factory=list)
+
+
+def _map_labels(seg: np.ndarray) -> np.ndarray:
+    """BraTS labels -> stored 0 bg, 1 necrotic, 2 oedema, 3 enhancing (2021's 4 -> 3)."""
+    out = np.rint(seg).astype(np.uint8)
+    out[out == 4] = 3
+    return out
+
+
+def prepare_case(case: Case, cfg: PrepareConfig, required: Sequence[str] | None = None) -> PreparedCase:
+    """Load, validate, normalise, slice and crop one case (any subset of modalities, e.g. a single file).
+
+    Raises the first DataError found. meta keys: case_id, source_files, naming, has_seg, modalities,
+    modalities_present, original_shape, affine, axial_axis, box (r0, c0, side), size, slice_indices,
+    brain_fraction, tumour_voxels, train_slices, eval_slices_all, max_tumour_slice, percentiles."""
+    present = [m for m in MODALITIES if m in case.images]
+    required = list(required) if required is not None else present
+    if not present and not case.problems:
+        raise DataError("no image of a known contrast", case=case.case_id, file=case.root,
+                        expected=", ".join(MODALITIES), found="none")
+    files = case.files
+    arrays: dict[str, np.ndarray] = {}
+    images = {}
+    for key, f in files.items():
+        arrays[key], images[key] = load_nifti(f, case.case_id)
+    result = validate_loaded(case, images, arrays, required, require_seg=False)
+    for w in result.warnings:
+        log.warning("%s", w)
+    if result.errors:
+        for e in result.errors[1:]:
+            log.error("%s", e)
+        raise result.errors[0]
+
+    ref = images[present[0]]
+    affine = np.asarray(ref.affine, dtype=float)
+    axis = axial_axis(affine)
+    shape = arrays[present[0]].shape
+    brain3d = brain_mask([arrays[m] for m in present])
+    brain = to_slices(brain3d, axis)
+    seg = to_slices(_map_labels(arrays[SEG]), axis) if SEG in arrays else None
+    box = square_box(brain, BOX_MARGIN)
+    sel = select_slices(brain, seg, box[2], cfg.min_brain_fraction, cfg.train_slice_window)
+    stored = np.asarray(sel.slice_indices, dtype=np.int64)
+
+    size = cfg.size
+    out = np.full((len(stored), len(MODALITIES), size, size), -1.0, dtype=np.float32)
+    percentiles: dict[str, list[float]] = {}
+    for c, m in enumerate(MODALITIES):
+        if m not in arrays:
+            continue
+        norm, (lo, hi) = percentile_normalise(arrays.pop(m), brain3d, cfg.low_percentile, cfg.high_percentile,
+                                              cfg.normalisation, case=case.case_id, file=str(files[m]))
+        percentiles[m] = [lo, hi]
+        out[:, c] = crop_resize(to_slices(norm, axis)[stored], box, size, "bilinear", fill=-1.0)
+        del norm
+    brain_c = crop_resize(brain[stored], box, size, "nearest").astype(np.uint8)
+    seg_c = None if seg is None else crop_resize(seg[stored], box, size, "nearest").astype(np.uint8)
+    meta = {
+        "case_id": case.case_id,
+        "source_files": {k: str(v) for k, v in files.items()},
+        "naming": case.naming,
+        "has_seg": seg is not None,
+        "modalities": list(MODALITIES),
+        "modalities_present": present,
+        "original_shape": [int(s) for s in shape],
+        "affine": affine.tolist(),
+        "axial_axis": axis,
+        "box": list(box),
+        "size": size,
+        **sel.as_dict(),
+        "percentiles": percentiles,
+    }
+    return PreparedCase(out, brain_c, seg_c, meta)
+
+
+def _prepare_and_write(case: Case, cfg: PrepareConfig, out_dir: Path,
+                       required: Sequence[str]) -> tuple[str, DataError | None]:
+    """Worker: prepare one case and write it; returns (case_id, the DataError or None)."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # one case per process; the processes share the cores
+        pc = prepare_case(case, cfg, required)
+        write_case(out_dir, case.case_id, pc.images, pc.brain, pc.seg, pc.meta)
+        return case.case_id, None
+    except DataError as exc:
+        return case.case_id, exc
+
+
+def _n_workers(cfg: PrepareConfig, n_cases: int) -> int:
+    workers = cfg.workers if cfg.workers > 0 else min(4, os.cpu_count() or 1)
+    return max(1, min(workers, n_cases))
+
+
+def _check_out_dir(out_dir: Path, cfg: PrepareConfig, overwrite: bool) -> None:
+    """Refuse a folder prepared with another config (unless overwrite) or a non-store folder."""
+    record = read_prepare_json(out_dir) if out_dir.is_dir() else None
+    if record is None:
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise DataError("the output folder is not empty and not a prepared folder", file=out_dir,
+                            fix="choose a new or empty --out folder")
+        return
+    if overwrite:
+        log.warning("removing the prepared folder %s (overwrite)", out_dir)
+        shutil.rmtree(out_dir)
+        return
+    old = record.get("config") or {}
+    diff = {k: (old.get(k), v) for k, v in to_dict(cfg).items() if k not in RESUME_IGNORES and old.get(k) != v}
+    if diff:
+        raise DataError("the output folder was prepared with another config", file=out_dir,
+                        expected="the same prepare settings to resume",
+                        found="; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items()),
+                        fix="use another --out folder, the same settings, or --overwrite to prepare again")
+
+
+def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig,
+                    layout: dict[str, str] | None = None, on_error: str = "skip", overwrite: bool = False,
+                    required: Sequence[str] | None = None) -> PrepareSummary:
+    """Prepare every case of `data_dir` into the store `out_dir`, resuming complete cases.
+
+    required: modalities a case must have (default all four); others are stored as -1 when missing.
+    on_error: "skip" reports a bad case and continues; "stop" raises the first DataError (after every
+    case's header problems have been logged). Returns the ids prepared, reused and skipped (with reasons)."""
+    out_dir = Path(out_dir)
+    required = list(required) if required is not None else list(MODALITIES)
+    cases = find_cases(data_dir, layout)
+    _check_out_dir(out_dir, cfg, overwrite)
+
+    good, skipped = check_cases(cases, required, require_seg=False, on_error=on_error, read_data=False)
+    summary = PrepareSummary(skipped=list(skipped))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if read_prepare_json(out_dir) is None:
+        write_prepare_json(out_dir, cfg, required)
+    todo = [c for c in good if not is_complete(out_dir, c.case_id)]
+    summary.reused = [c.case_id for c in good if is_complete(out_dir, c.case_id)]
+    if summary.reused:
+        log.info("reusing %d prepared case(s) in %s", len(summary.reused), out_dir)
+
+    workers = _n_workers(cfg, len(todo))
+    results: list[tuple[str, DataError | None]] = []
+    with tqdm(total=len(todo), desc="prepare", unit="case", dynamic_ncols=True, disable=not todo) as bar:
+        if workers == 1:
+            for case in todo:
+                results.append(_prepare_and_write(case, cfg, out_dir, required))
+                bar.update()
+                if results[-1][1] is not None and on_error == "stop":
+                    break
+        else:
+            ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP init can hang
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_prepare_and_write, case, cfg, out_dir, required) for case in todo]
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    bar.update()
+                    if results[-1][1] is not None and on_error == "stop":
+                        for f in futures:
+                            f.cancel()
+                        break
+
+    for case_id, err in results:
+        if err is None:
+            summary.prepared.append(case_id)
+        else:
+            log.error("%s", err)
+            summary.skipped.append((case_id, str(err)))
+            if on_error == "stop":
+                raise err
+
+    complete = sorted(summary.prepared + summary.reused)
+    with_seg = [c for c in complete if _has_seg(out_dir, c)]
+    load_or_create_splits(out_dir / SPLITS_JSON, with_seg, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    summary.prepared.sort()
+    summary.skipped.sort()
+    return summary
+
+
+def _has_seg(out_dir: Path, case_id: str) -> bool:
+    return bool(json.loads((case_dir(out_dir, case_id) / "meta.json").read_text())["has_seg"])

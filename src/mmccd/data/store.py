@@ -1,0 +1,176 @@
+"""The prepared store: slices on disk as .npy, read memory-mapped without decoding NIfTI again.
+
+    PREPARED/
+      prepare.json                 PrepareConfig used, modalities, mmccd version, created time
+      splits.json                  subject-level splits (splits.py), written once
+      cases/<case_id>/images.npy   (n, 4, S, S) float16, channels = MODALITIES ("t1","t1ce","t2","flair");
+                                   a missing modality is -1 (see meta "modalities_present")
+                      brain.npy    (n, S, S) uint8 0/1
+                      seg.npy      (n, S, S) uint8: 0 background, 1 necrotic, 2 oedema, 3 enhancing
+                                   (BraTS 2021's 4 stored as 3); absent without segmentation
+                      meta.json    written LAST: its presence marks the case complete
+
+n = stored axial slices (every slice with brain); meta.json holds the geometry needed to write
+maps back into the input grid (see prepare.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mmccd
+from mmccd.config import MODALITIES, PrepareConfig, merge, to_dict
+from mmccd.data.io import atomic_save_npy, atomic_write_text
+from mmccd.errors import ConfigError, DataError
+
+PREPARE_JSON = "prepare.json"
+SPLITS_JSON = "splits.json"
+STORE_FORMAT = 1
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+
+def prepare_record(cfg: PrepareConfig, required: Sequence[str]) -> dict[str, Any]:
+    """The content of prepare.json."""
+    return {"format": STORE_FORMAT, "config": to_dict(cfg), "modalities": list(MODALITIES),
+            "required": list(required), "mmccd_version": mmccd.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def read_prepare_json(root: str | Path) -> dict[str, Any] | None:
+    path = Path(root) / PREPARE_JSON
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError("prepare.json is unreadable", file=path, found=str(exc),
+                        fix="delete the prepared folder and run `mmccd prepare` again") from None
+
+
+def write_prepare_json(root: str | Path, cfg: PrepareConfig, required: Sequence[str]) -> None:
+    atomic_write_text(Path(root) / PREPARE_JSON, dumps(prepare_record(cfg, required)))
+
+
+def case_dir(root: str | Path, case_id: str) -> Path:
+    return Path(root) / "cases" / case_id
+
+
+def is_complete(root: str | Path, case_id: str) -> bool:
+    return (case_dir(root, case_id) / "meta.json").exists()
+
+
+def write_case(root: str | Path, case_id: str, images: np.ndarray, brain: np.ndarray, seg: np.ndarray | None,
+               meta: dict[str, Any]) -> Path:
+    """Write one case: arrays to temp names then renamed, meta.json last. Returns the case folder.
+
+    images (n, 4, S, S) -> float16; brain (n, S, S) -> uint8; seg (n, S, S) -> uint8 or None."""
+    folder = case_dir(root, case_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten
+    atomic_save_npy(folder / "images.npy", images.astype(np.float16))
+    atomic_save_npy(folder / "brain.npy", brain.astype(np.uint8))
+    if seg is not None:
+        atomic_save_npy(folder / "seg.npy", seg.astype(np.uint8))
+    else:
+        (folder / "seg.npy").unlink(missing_ok=True)
+    atomic_write_text(folder / "meta.json", dumps(meta))
+    return folder
+
+
+class PreparedStore:
+    """Read access to a prepared folder; arrays are memory-mapped (np.load(mmap_mode="r"))."""
+
+    def __init__(self, root: Path, record: dict[str, Any]):
+        self.root = Path(root)
+        self.record = record
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def open(cls, root: str | Path) -> PreparedStore:
+        root = Path(root)
+        hint = f"run `mmccd prepare --data <folder of cases> --out {root}` first"
+        if not root.is_dir():
+            raise DataError("the prepared folder does not exist", file=root, fix=hint)
+        record = read_prepare_json(root)
+        if record is None:
+            raise DataError("not a prepared folder", file=root, expected=f"{PREPARE_JSON} written by `mmccd prepare`",
+                            found="no prepare.json", fix=hint)
+        if record.get("format") != STORE_FORMAT:
+            raise DataError("the prepared folder has another format", file=root / PREPARE_JSON,
+                            expected=f"format {STORE_FORMAT}", found=f"format {record.get('format')}",
+                            fix="prepare the data again with this version of mmccd")
+        return cls(root, record)
+
+    @property
+    def config(self) -> PrepareConfig:
+        try:
+            return merge(PrepareConfig(), self.record["config"], where=str(self.root / PREPARE_JSON))
+        except (ConfigError, KeyError) as exc:
+            raise DataError("prepare.json holds an invalid config", file=self.root / PREPARE_JSON, found=str(exc),
+                            fix="prepare the data again with this version of mmccd") from None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.record.get("modalities", MODALITIES))
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Complete cases (meta.json present), sorted."""
+        cases = self.root / "cases"
+        if not cases.is_dir():
+            return []
+        return sorted(p.name for p in cases.iterdir() if (p / "meta.json").exists())
+
+    def _dir(self, case_id: str) -> Path:
+        folder = case_dir(self.root, case_id)
+        if not (folder / "meta.json").exists():
+            raise DataError("case not in the prepared folder (or incomplete)", case=case_id, file=folder,
+                            fix=f"run `mmccd prepare` again to complete {self.root}")
+        return folder
+
+    def meta(self, case_id: str) -> dict[str, Any]:
+        if case_id not in self._meta:
+            self._meta[case_id] = json.loads((self._dir(case_id) / "meta.json").read_text())
+        return self._meta[case_id]
+
+    def images(self, case_id: str) -> np.ndarray:
+        """(n, 4, S, S) float16 memmap, channels in `modalities` order."""
+        return np.load(self._dir(case_id) / "images.npy", mmap_mode="r")
+
+    def brain(self, case_id: str) -> np.ndarray:
+        """(n, S, S) uint8 memmap."""
+        return np.load(self._dir(case_id) / "brain.npy", mmap_mode="r")
+
+    def seg(self, case_id: str) -> np.ndarray | None:
+        """(n, S, S) uint8 memmap (labels 0..3) or None without segmentation."""
+        path = self._dir(case_id) / "seg.npy"
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
+    def splits(self) -> dict[str, Any]:
+        path = self.root / SPLITS_JSON
+        if not path.exists():
+            raise DataError("the prepared folder has no splits", file=path,
+                            fix=f"run `mmccd prepare` again on {self.root} to finish it")
+        return json.loads(path.read_text())
+
+    def __repr__(self) -> str:
+        return f"PreparedStore({str(self.root)!r}, {len(self.case_ids)} cases)"

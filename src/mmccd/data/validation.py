@@ -1,0 +1,220 @@
+"""Check a case before using it: one DataError per problem, naming the case, the file, what was
+expected and what was found.
+
+Two levels, so that preparing a data set reads each volume once:
+
+- header level (`validate_case(..., read_data=False)`): missing / duplicate / unreadable /
+  non-NIfTI / non-3D files, shape, voxel size and orientation across modalities and segmentation;
+- voxel level (`check_arrays`): NaN/Inf, empty or constant volumes, segmentation labels.
+
+`prepare_case` runs both on the arrays it has loaded anyway (`validate_loaded`).
+A header origin (translation) that differs while the voxel grid is identical is only a warning:
+real BraTS files have it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mmccd.data.discovery import SEG, Case
+from mmccd.data.io import load_header, load_nifti, spatial_shape
+from mmccd.errors import DataError
+
+log = logging.getLogger("mmccd")
+
+SEG_LABELS = {"brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
+ANY_LABELS = (0, 1, 2, 3, 4)  # custom and single-file naming
+ZOOM_TOL = 1e-3  # mm
+DIRECTION_TOL = 1e-3
+ORIGIN_TOL = 1e-2  # mm
+
+
+@dataclass
+class ValidationResult:
+    errors: list[DataError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def extend(self, other: ValidationResult) -> None:
+        self.errors += other.errors
+        self.warnings += other.warnings
+
+
+def allowed_labels(naming: str) -> tuple[int, ...]:
+    return SEG_LABELS.get(naming, ANY_LABELS)
+
+
+def check_files(case: Case, modalities: Sequence[str], require_seg: bool) -> list[DataError]:
+    """Discovery problems, requested modalities and segmentation that are missing."""
+    errors = [DataError(p, case=case.case_id, file=case.root) for p in case.problems]
+    duplicated = " ".join(case.problems)
+    present = ", ".join(sorted(case.files)) or "none"
+    for m in modalities:
+        if m not in case.images and f"for {m}:" not in duplicated:
+            errors.append(DataError(f"the {m} image is missing", case=case.case_id, file=case.root,
+                                    expected=f"a {m} file ({_expected_name(case, m)})", found=f"modalities {present}",
+                                    fix="add the file, pass a layout for other names, or skip the case"))
+    if require_seg and case.seg is None and f"for {SEG}:" not in duplicated:
+        errors.append(DataError("the segmentation is missing", case=case.case_id, file=case.root,
+                                expected=f"a label map ({_expected_name(case, SEG)})", found=f"modalities {present}"))
+    return errors
+
+
+def _expected_name(case: Case, key: str) -> str:
+    if case.naming == "brats2023":
+        inv = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", SEG: SEG}
+        return f"{case.case_id}-{inv[key]}.nii.gz"
+    if case.naming == "brats2021":
+        return f"{case.case_id}_{key}.nii.gz"
+    return "as given by the layout"
+
+
+def check_geometry(case: Case, images: Mapping[str, nib.Nifti1Image], files: Mapping[str, Path]) -> ValidationResult:
+    """Same shape, voxel size and orientation for every image (keys: modalities and "seg").
+
+    The reference is the first key; a different origin alone is a warning."""
+    result = ValidationResult()
+    if not images:
+        return result
+    ref_key = next(iter(images))
+    ref = images[ref_key]
+    ref_shape = spatial_shape(ref.shape)
+    ref_zooms = np.asarray(ref.header.get_zooms()[:3], dtype=float)
+    ref_dir = ref.affine[:3, :3] / np.linalg.norm(ref.affine[:3, :3], axis=0)
+    for key, img in images.items():
+        if key == ref_key:
+            continue
+        f = files[key]
+        shape = spatial_shape(img.shape)
+        if shape != ref_shape:
+            result.errors.append(DataError(f"the {key} volume has another shape than {ref_key}", case=case.case_id,
+                                           file=f, expected=f"shape {ref_shape} (as {files[ref_key].name})",
+                                           found=f"shape {shape}", fix="resample all images of a case to one grid"))
+            continue
+        zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+        if not np.allclose(zooms, ref_zooms, atol=ZOOM_TOL):
+            result.errors.append(DataError(f"the {key} volume has another voxel size than {ref_key}", case=case.case_id,
+                                           file=f, expected=f"voxel size {tuple(np.round(ref_zooms, 4))} mm",
+                                           found=f"{tuple(np.round(zooms, 4))} mm",
+                                           fix="resample all images of a case to one grid"))
+            continue
+        direction = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
+        if not np.allclose(direction, ref_dir, atol=DIRECTION_TOL):
+            result.errors.append(DataError(
+                f"the {key} volume has another orientation than {ref_key}", case=case.case_id, file=f,
+                expected=f"axes {''.join(nib.aff2axcodes(ref.affine))} (affine rotation as {files[ref_key].name})",
+                found=f"axes {''.join(nib.aff2axcodes(img.affine))}, rotation {np.round(direction, 3).tolist()}",
+                fix="reorient / co-register the images of a case to one grid"))
+            continue
+        shift = np.abs(img.affine[:3, 3] - ref.affine[:3, 3]).max()
+        if shift > ORIGIN_TOL:
+            result.warnings.append(f"case {case.case_id}: {f.name} has a header origin {shift:.2f} mm away from "
+                                   f"{files[ref_key].name} on the same voxel grid; the voxel grids are used as they are")
+    return result
+
+
+def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[str, Path]) -> list[DataError]:
+    """Voxel-level checks: NaN/Inf, empty or constant volumes; segmentation labels for key "seg"."""
+    errors = []
+    for key, data in arrays.items():
+        f = files[key]
+        finite = np.isfinite(data)
+        if not finite.all():
+            n = int(data.size - np.count_nonzero(finite))
+            errors.append(DataError(f"the {key} volume holds NaN or infinite values", case=case.case_id, file=f,
+                                    expected="finite intensities", found=f"{n} non-finite voxel(s)",
+                                    fix="fix or re-export the image"))
+            continue
+        if key == SEG:
+            errors += _check_labels(case, data, f)
+            continue
+        lo, hi = float(data.min()), float(data.max())
+        if lo == hi == 0:
+            errors.append(DataError(f"the {key} volume is empty", case=case.case_id, file=f,
+                                    expected="a skull-stripped brain (non-zero voxels)", found="all voxels 0"))
+        elif lo == hi:
+            errors.append(DataError(f"the {key} volume is constant", case=case.case_id, file=f,
+                                    expected="an image with contrast", found=f"every voxel {lo:g}"))
+    return errors
+
+
+def _check_labels(case: Case, seg: np.ndarray, f: Path) -> list[DataError]:
+    allowed = allowed_labels(case.naming)
+    values = np.unique(seg)
+    if not np.all(values == np.round(values)):
+        frac = [float(v) for v in values if v != np.round(v)][:5]
+        return [DataError("the segmentation holds non-integer values", case=case.case_id, file=f,
+                          expected=f"labels {set(allowed)}", found=f"values such as {frac}")]
+    bad = sorted({int(v) for v in values} - set(allowed))
+    if bad:
+        return [DataError("the segmentation holds unexpected labels", case=case.case_id, file=f,
+                          expected=f"labels {set(allowed)} ({case.naming} naming)", found=f"labels {bad}",
+                          fix="map the labels to BraTS conventions (0 background, 1 necrotic, 2 oedema, "
+                              "4 (2023: 3) enhancing)")]
+    return []
+
+
+def validate_loaded(case: Case, images: Mapping[str, nib.Nifti1Image], arrays: Mapping[str, np.ndarray],
+                    modalities: Sequence[str], require_seg: bool) -> ValidationResult:
+    """All checks on volumes already loaded (keys: modalities and optionally "seg")."""
+    result = ValidationResult(check_files(case, modalities, require_seg))
+    files = case.files
+    result.extend(check_geometry(case, images, files))
+    if not result.errors:
+        result.errors += check_arrays(case, arrays, files)
+    return result
+
+
+def validate_case(case: Case, modalities: Sequence[str], require_seg: bool, read_data: bool = True) -> ValidationResult:
+    """Check `case` for the requested `modalities` (and a segmentation if `require_seg`).
+
+    read_data=False checks headers only (cheap); True also reads the voxels (NaN, empty, labels, truncation)."""
+    result = ValidationResult(check_files(case, modalities, require_seg))
+    files = case.files
+    images: dict[str, nib.Nifti1Image] = {}
+    for key, f in files.items():
+        try:
+            if read_data:
+                data, img = load_nifti(f, case.case_id)
+                result.errors += check_arrays(case, {key: data}, files)
+                del data
+            else:
+                img = load_header(f, case.case_id)
+            images[key] = img
+        except DataError as exc:
+            result.errors.append(exc)
+    result.extend(check_geometry(case, images, files))
+    return result
+
+
+def check_cases(cases: Sequence[Case], modalities: Sequence[str], require_seg: bool, on_error: str = "skip",
+                read_data: bool = True) -> tuple[list[Case], list[tuple[str, str]]]:
+    """Validate every case; returns (good cases, [(case_id, reason)] skipped).
+
+    Every problem is logged before anything is raised; on_error="stop" then raises the first DataError."""
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
+    good, skipped, first = [], [], None
+    for case in cases:
+        result = validate_case(case, modalities, require_seg, read_data=read_data)
+        for w in result.warnings:
+            log.warning("%s", w)
+        if result.errors:
+            for e in result.errors:
+                log.error("%s", e)
+            skipped.append((case.case_id, "; ".join(str(e) for e in result.errors)))
+            first = first or result.errors[0]
+        else:
+            good.append(case)
+    if first is not None and on_error == "stop":
+        raise first
+    return good, skipped
