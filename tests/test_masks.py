@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmccd.masks import coverage, make_condition, random_stripe_masks, stripe_ensemble, stripe_width_for
+from mmccd.masks import (
+    checkerboard_masks,
+    coverage,
+    make_condition,
+    mask_ensemble,
+    merge_stripes,
+    random_stripe_masks,
+    stripe_ensemble,
+    stripe_width_for,
+)
 
 
 def _stripe_of(mask: torch.Tensor) -> tuple[str, int, int]:
@@ -59,6 +68,33 @@ def test_ensemble_num_masks():
         stripe_ensemble(128, 16, 2, num_masks=7)
     vert = stripe_ensemble(32, 4, 2, directions=("vertical",))
     assert vert.shape[0] == 16 and all(_stripe_of(m)[0] == "vertical" for m in vert)
+
+
+def test_reference_scaled_to_64_px_uses_the_1px_grid():
+    masks = stripe_ensemble(64, 8, 1, num_masks=128)  # more starts than the 32 even ones: 1-px stride
+    assert torch.equal(masks, stripe_ensemble(64, 8, 1))
+    per_dir = torch.tensor([sum(1 for s in range(64) if s <= p <= s + 7) for p in range(64)])
+    assert torch.equal(coverage(masks), per_dir[:, None] + per_dir[None, :]) and per_dir[32] == 8
+    with pytest.raises(ValueError, match="distinct"):
+        stripe_ensemble(64, 8, 1, num_masks=130)
+
+
+def test_merged_stripes_and_checkerboards_keep_coverage():
+    tiles = stripe_ensemble(64, 8, 2, num_masks=16)
+    for k in (2, 4, 8):
+        merged = merge_stripes(tiles, k)
+        assert merged.shape[0] == 16 // k and torch.equal(coverage(merged), coverage(tiles))
+    pairs = merge_stripes(tiles, 2)
+    # mask 0 hides vertical stripes 0 and 4: columns 0-7 and 32-39
+    assert (pairs[0, 0, 0] == 0).nonzero().flatten().tolist() == list(range(8)) + list(range(32, 40))
+    with pytest.raises(ValueError, match="divide"):
+        merge_stripes(tiles, 3)
+    board = checkerboard_masks(64, 8)
+    assert torch.equal(coverage(board), torch.ones(64, 64, dtype=torch.long)) and board[0, 0, 0, 0] == 0  # the first hides the top-left square
+    assert torch.equal(mask_ensemble(64, 8, "checkerboard"), board)
+    assert torch.equal(mask_ensemble(64, 8, "stripes", num_masks=16, stripes_per_mask=2), pairs)
+    with pytest.raises(ValueError, match="family"):
+        mask_ensemble(64, 8, "circles")
 
 
 def test_random_masks_even_starts_width_and_balance():

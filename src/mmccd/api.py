@@ -14,6 +14,7 @@ from typing import Any
 
 from mmccd.config import ExperimentConfig, load_config
 from mmccd.data.discovery import case_from_path
+from mmccd.data.io import load_nifti
 from mmccd.data.prepare import prepare_case, prepare_dataset
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.pipeline.evaluate import evaluate_run
@@ -61,4 +62,5 @@ class Detector:
         if self.method is None:
             raise RuntimeError("call fit() or Detector.load(run_dir) first")
         c = case_from_path(Path(case), modality=self.cfg.source if Path(case).is_file() else None)
-        return score_prepared_case(self.method, prepare_case(c, self.method.cfg.prepare))
+        source, _ = load_nifti(c.images[self.cfg.source], c.case_id)
+        return score_prepared_case(self.method, prepare_case(c, self.method.cfg.prepare), brain=source != 0)

@@ -22,6 +22,7 @@ EPILOG = """stages, in order:
   train     train a method's networks on healthy slices of the training subjects
   evaluate  threshold on validation subjects, metrics on test subjects, report
   score     anomaly maps for new cases (NIfTI in the input's voxel grid + PNG montage)
+  benchmark prepare + train + evaluate several methods and contrast pairs: one results table
   demo      all of the above on a synthetic phantom data set (the embedded default)
 
 example:
@@ -57,7 +58,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             parts = key.split(".")
             for p in parts[:-1]:
                 node = node.setdefault(p, {})
-            node[parts[-1]] = yaml.safe_load(value)
+            try:
+                node[parts[-1]] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise MmccdError(f"--set {item}: the value is not valid YAML (quote text, e.g. "
+                                 f"--set name='\"my run\"')") from None
     return o
 
 
@@ -78,6 +83,8 @@ def _add_config_options(p: argparse.ArgumentParser, method: bool = True) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmccd.config import MODALITIES
+
     parser = argparse.ArgumentParser(
         prog="mmccd", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Unsupervised anomaly segmentation in multi-modal brain MRI (MMCCD and baselines).")
@@ -93,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="folder with one subfolder per case (BraTS 2017-2021 or 2023+ naming)")
     p.add_argument("--out", required=True, type=Path, help="prepared store folder to create or resume")
     p.add_argument("--size", type=int, help="square slice size after brain crop + resize (default 128)")
-    p.add_argument("--source", default="flair", help="contrast every case must have (default flair)")
-    p.add_argument("--target", default="t2", help="second contrast every training case must have (default t2)")
+    p.add_argument("--source", default="flair", choices=MODALITIES, help="contrast every case must have (default flair)")
+    p.add_argument("--target", default="t2", choices=MODALITIES,
+                   help="second contrast every training case must have (default t2)")
     p.add_argument("--layout", type=Path, help="YAML mapping modality -> file pattern for other layouts, "
                    "e.g. {t1: '{case}_T1w.nii.gz', flair: '*FLAIR*.nii*', seg: '{case}_mask.nii.gz'}")
     p.add_argument("--normalisation", choices=["percentile", "reference"],
@@ -127,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder written by `mmccd train`")
     p.add_argument("--slices", choices=["max_tumour", "all"], help="max_tumour: one slice per subject (reference protocol); all: every slice with brain")
     p.add_argument("--device", help="device for scoring (default: the run's)")
+    p.add_argument("--scoring", default="run", metavar="PRESET",
+                   help="score with this preset's `score` section: run (the run's own, default), fast, reference, "
+                        "or a YAML file (docs/speed.md)")
     p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
     p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
     p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
@@ -142,7 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--threshold", type=float, help="binary-mask threshold (default: the one chosen on validation by `mmccd evaluate`)")
     p.add_argument("--device", help="device (default: the run's)")
+    p.add_argument("--scoring", default="auto", metavar="PRESET",
+                   help="score with this preset's `score` section: auto (default: fast for MMCCD runs, else the "
+                        "run's), fast, reference (the published protocol, ~1000x slower), run, or a YAML file")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs for these cases")
+
+    p = sub.add_parser("benchmark", help="train and evaluate several methods under one protocol: one results table",
+                       description="For each contrast pair and method: prepare the data (or reuse OUT/prepared), train "
+                                   "(or reuse finished networks in OUT/runs/), choose the threshold on validation "
+                                   "subjects, evaluate the test subjects per max-tumour slice (the reference protocol) "
+                                   "and per whole volume, and write OUT/results.md, results.csv, results.json and "
+                                   "report.html. Run it again to resume: finished work is reused.")
+    p.add_argument("--data", required=True, type=Path, help="folder with one subfolder per case (with segmentations)")
+    p.add_argument("--preset", default="cpu", help="config preset: a name (tiny, cpu, reference, gpu; see `mmccd presets`) "
+                   "or a YAML file (default: cpu)")
+    p.add_argument("--out", required=True, type=Path, help="output folder; an existing benchmark there is resumed")
+    from mmccd.scoring import method_names
+
+    p.add_argument("--methods", nargs="+", default=["cyclic-unet", "mmccd", "threshold"], choices=method_names(),
+                   metavar="METHOD", help=f"methods to compare, of {', '.join(method_names())} "
+                   "(default: cyclic-unet mmccd threshold)")
+    p.add_argument("--pairs", nargs="+", default=["flair:t2"], metavar="SOURCE:TARGET",
+                   help="contrast pairs of t1, t1ce, t2, flair; the source is the input at inference (default: flair:t2)")
+    p.add_argument("--test-data", type=Path, help="another folder of cases: every case with a segmentation is also "
+                   "evaluated as test (threshold still chosen on the training data's validation subjects)")
+    p.add_argument("--protocols", nargs="+", choices=["max_tumour", "all"], default=["max_tumour", "all"],
+                   help="max_tumour: one slice per test subject (reference); all: whole volumes (default: both)")
+    p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
+    p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
+    p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
+    p.add_argument("--overwrite", action="store_true", help="delete the benchmark in --out (store, runs, results) and start again")
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic phantom (minutes on a CPU)",
                        description="Generate a SYNTHETIC multi-contrast brain phantom data set, prepare it, train "
@@ -175,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmccd {args.command}: interrupted; finished work is kept (use --resume where offered)", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment, not the data: permissions, full disk, a vanished mount
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"mmccd {args.command}: error: {exc.strerror or exc}{where}; check the path, its permissions and the "
+              "free disk space (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -185,35 +232,57 @@ def _dispatch(args: argparse.Namespace) -> int:
             first = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
             print(f"{name:12s} {first}")
         return 0
+    from mmccd.distributed import distributed_session, env_world_size, is_main
+
+    if env_world_size() > 1 and args.command not in ("prepare", "train", "score"):
+        raise MmccdError(f"`mmccd {args.command}` runs in one process: start it without torchrun "
+                         "(prepare, train and score are the stages that use several processes)")
     if args.command == "prepare":
-        return _prepare(args)
+        with distributed_session(None):  # CPU work: gloo
+            return _prepare(args)
     if args.command == "train":
         from mmccd.config import load_config
         from mmccd.pipeline.runs import train_run
 
         cfg = load_config(args.preset, _overrides(args))
-        train_run(args.prepared, args.out, cfg, overwrite=args.overwrite, resume=args.resume)
-        print(f"trained {cfg.method} -> {args.out}")
+        with distributed_session(cfg.device):
+            train_run(args.prepared, args.out, cfg, overwrite=args.overwrite, resume=args.resume)
+            if is_main():
+                print(f"trained {cfg.method} -> {args.out}")
         return 0
     if args.command == "evaluate":
         from mmccd.evaluation.postprocess import PostProcess
         from mmccd.pipeline.evaluate import evaluate_run
 
         summary = evaluate_run(args.run, slices=args.slices, device=args.device,
-                               postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component))
+                               postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component),
+                               scoring=args.scoring)
         _print_summary(summary)
         print(f"report: {Path(args.run) / 'report.html'}")
         return 0
     if args.command == "score":
         from mmccd.pipeline.score import score_cases
 
-        summary = score_cases(args.run, args.case, args.out, threshold=args.threshold, device=args.device,
-                              overwrite=args.overwrite)
+        with distributed_session(args.device or "auto"):
+            summary = score_cases(args.run, args.case, args.out, threshold=args.threshold, device=args.device,
+                                  overwrite=args.overwrite, scoring=args.scoring)
+            if not is_main():  # every rank holds the merged summary; rank 0 prints it
+                return 1 if summary.skipped and not summary.written else 0
         for case_id, files in summary.written.items():
             print(f"{case_id}: " + ", ".join(str(f) for f in files))
         for case_id, why in summary.skipped:
             print(f"skipped {case_id}: {why}", file=sys.stderr)
         return 1 if summary.skipped and not summary.written else 0
+    if args.command == "benchmark":
+        from mmccd.evaluation.postprocess import PostProcess
+        from mmccd.pipeline.benchmark import run_benchmark
+
+        run_benchmark(args.data, args.out, preset=args.preset, methods=args.methods, pairs=args.pairs,
+                      test_data=args.test_data, overwrite=args.overwrite, protocols=args.protocols,
+                      postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component))
+        print((Path(args.out) / "results.md").read_text())
+        print(f"figures and per-run reports: {Path(args.out) / 'report.html'}")
+        return 0
     if args.command == "demo":
         from mmccd.pipeline.demo import run_demo
 
@@ -248,9 +317,12 @@ def _prepare(args: argparse.Namespace) -> int:
     summary = prepare_dataset(args.data, args.out, cfg, layout=layout,
                               on_error="stop" if args.stop_on_error else "skip", overwrite=args.overwrite,
                               required=(args.source, args.target))
-    print(f"prepared {len(summary.prepared)} case(s), reused {len(summary.reused)}, skipped {len(summary.skipped)} -> {args.out}")
-    for case_id, why in summary.skipped:
-        print(f"  skipped {case_id}: {why}", file=sys.stderr)
+    from mmccd.distributed import is_main
+
+    if is_main():  # every rank holds the merged summary under torchrun
+        print(f"prepared {len(summary.prepared)} case(s), reused {len(summary.reused)}, skipped {len(summary.skipped)} -> {args.out}")
+        for case_id, why in summary.skipped:
+            print(f"  skipped {case_id}: {why}", file=sys.stderr)
     return 0 if (summary.prepared or summary.reused) else 1
 
 

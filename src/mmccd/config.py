@@ -90,11 +90,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    num_masks: int = 128  # stripes in the ensemble (half vertical, half horizontal)
-    mask_stride: int = 2  # px between stripe starts at 128 px (scaled with size)
+    """How a trained method scores. MMCCD's speed levers are measured in docs/speed.md."""
+
+    num_masks: int = 128  # stripes in the ensemble (split evenly over `mask_directions`); 0 = every mask_stride px
+    mask_stride: int = 2  # px between stripe starts at 128 px (scaled with size), when num_masks = 0
+    mask_family: str = "stripes"  # "stripes" | "checkerboard" (blocks of the stripe width; off-distribution)
+    mask_directions: tuple[str, ...] = ("vertical", "horizontal")
+    stripes_per_mask: int = 1  # > 1: each mask hides that many equally spaced stripes (fewer masks)
     ddim_steps: int = 100
+    timestep_spacing: str = "leading"  # "leading" (reference: 990..0) | "trailing" (999..: needed for few steps)
     eta: float = 0.0
-    mask_batch: int = 32  # masks per network call
+    composite: bool = False  # MMCCD: one backward pass on the composite of all masks' imagined regions
+    mask_batch: int = 32  # masks per network call (per slice)
+    slice_batch: int = 1  # slices per network call: a call holds mask_batch x slice_batch images
+    channels_last: bool = False
+    amp: str = "none"  # "none" | "bf16" (CPU with avx512_bf16, or CUDA) | "fp16" (CUDA only)
+    compile: bool = False  # torch.compile the networks (opt-in: minutes of compile time)
     seed: int = 0
     smooth_sigma: float = 0.0  # optional Gaussian smoothing of the map (px); 0 = off
 
@@ -190,13 +201,22 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: the problem and its line/column (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({type(exc).__name__}: {exc})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -229,8 +249,47 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"prepare.normalisation: expected 'percentile' or 'reference', found '{cfg.prepare.normalisation}'")
     if cfg.train.amp not in ("none", "bf16", "fp16"):
         raise ConfigError(f"train.amp: expected none, bf16 or fp16, found '{cfg.train.amp}'")
+    validate_score(cfg.score)
     if cfg.eval.eval_slices not in ("max_tumour", "all"):
         raise ConfigError(f"eval.eval_slices: expected max_tumour or all, found '{cfg.eval.eval_slices}'")
+
+
+def validate_score(sc: ScoreConfig) -> None:
+    choices = {"mask_family": ("stripes", "checkerboard"), "timestep_spacing": ("leading", "trailing"),
+               "amp": ("none", "bf16", "fp16")}
+    for key, allowed in choices.items():
+        if getattr(sc, key) not in allowed:
+            raise ConfigError(f"score.{key}: expected one of {', '.join(allowed)}, found '{getattr(sc, key)}'")
+    for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask"):
+        if getattr(sc, key) < 1:
+            raise ConfigError(f"score.{key}: expected an integer >= 1, found {getattr(sc, key)}")
+
+
+def load_score_preset(preset: str | Path) -> ScoreConfig:
+    """The `score` section of a preset (defaults for keys it does not set), to score a run differently."""
+    path = Path(preset)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"unknown scoring preset '{preset}'. Available: run, {', '.join(preset_names())}, "
+                              "or a path to a YAML file")
+    sc = merge(ScoreConfig(), read_yaml(path).get("score") or {}, where=f"{path}: score")
+    validate_score(sc)
+    return sc
+
+
+SPEED_ONLY_SCORE_KEYS = ("mask_batch", "slice_batch", "channels_last", "compile")  # do not change the maps
+
+
+def with_scoring(cfg: ExperimentConfig, scoring: str | Path | None) -> ExperimentConfig:
+    """`cfg` with its score section replaced by a preset's (`load_score_preset`).
+
+    None or "run": the run's own; "auto": "fast" for MMCCD runs, the run's own for every other method."""
+    if scoring == "auto":
+        scoring = "fast" if cfg.method == "mmccd" else None
+    if scoring is None or scoring == "run":
+        return cfg
+    return dataclasses.replace(cfg, score=load_score_preset(scoring))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def stripe_ensemble(size: int, width: int, stride: int, num_masks: int | None = 
     Without `num_masks`: starts 0, stride, 2*stride, ... < size (reference: 128 px, width 16, stride 2 ->
     64 vertical + 64 horizontal). With `num_masks` the stride is ignored: k = num_masks / len(directions)
     starts per direction, s_i = 2 * floor(i * S / (2k)) (evenly spaced, on the even grid the model was
-    trained on; equals the stride rule for 128 masks at 128 px). Raises ValueError if the stripes would
+    trained on; equals the stride rule for 128 masks at 128 px); when k exceeds the S/2 even starts,
+    s_i = floor(i * S / k) on the 1-px grid (128 masks at 64 px: the reference scaled, 1-px stride,
+    every pixel hidden by as many masks as at 128 px). Raises ValueError if the stripes would
     leave a pixel uncovered (width smaller than the gap between starts): more masks or wider stripes
     are needed, and widening silently would show the model stripes it never saw in training.
     """
@@ -79,10 +81,11 @@ def stripe_ensemble(size: int, width: int, stride: int, num_masks: int | None = 
         if rest or k < 1:
             raise ValueError(f"num_masks={num_masks} must be a positive multiple of {len(directions)} "
                              f"(one set of stripes per direction {tuple(directions)})")
-        starts = [2 * ((i * size) // (2 * k)) for i in range(k)]
-        if len(set(starts)) < k:
-            raise ValueError(f"num_masks={num_masks} is more than the {(size + 1) // 2} distinct even stripe "
-                             f"starts per direction at {size} px")
+        if k > size:
+            raise ValueError(f"num_masks={num_masks} is more than the {size} distinct stripe starts per "
+                             f"direction at {size} px")
+        even = k <= (size + 1) // 2
+        starts = [2 * ((i * size) // (2 * k)) if even else (i * size) // k for i in range(k)]
     start_t = torch.tensor(starts, dtype=torch.long)
     masks = torch.cat([_stripe_masks(size, start_t, torch.full_like(start_t, d == "vertical", dtype=torch.bool),
                                      width) for d in directions])
@@ -93,9 +96,50 @@ def stripe_ensemble(size: int, width: int, stride: int, num_masks: int | None = 
     return masks
 
 
+def merge_stripes(masks: Tensor, stripes_per_mask: int, directions: int = 2) -> Tensor:
+    """Combine an ensemble's stripes k at a time: (M, 1, S, S) -> (M / k, 1, S, S), same coverage.
+
+    Within each direction's n stripes, mask j hides stripes j, j + n/k, ..., j + (k-1) n/k (equally
+    spaced, far apart), so every pixel is hidden exactly as often as before with k times fewer masks.
+    The model was trained on one stripe per image: more hidden area is off its training distribution.
+    """
+    k = stripes_per_mask
+    n = masks.shape[0] // directions
+    if k < 1 or masks.shape[0] % directions or n % k:
+        raise ValueError(f"stripes_per_mask={k} must divide the {n} stripes per direction")
+    hidden = (masks == 0).reshape(directions, k, n // k, *masks.shape[1:])  # stripe j + l*n/k at [:, l, j]
+    return (~hidden.any(1)).float().reshape(-1, *masks.shape[1:])
+
+
+def checkerboard_masks(size: int, block: int) -> Tensor:
+    """Two complementary checkerboards of `block`-px squares (2, 1, S, S): every pixel hidden once."""
+    if block < 1:
+        raise ValueError(f"checkerboard block must be >= 1 px, found {block}")
+    idx = torch.arange(size) // block
+    black = (idx[:, None] + idx[None, :]) % 2 == 0
+    return torch.stack([(~black).float(), black.float()])[:, None]
+
+
+def mask_ensemble(size: int, width: int, family: str = "stripes", stride: int = 2, num_masks: int | None = None,
+                  directions: Sequence[str] = DIRECTIONS, stripes_per_mask: int = 1) -> Tensor:
+    """The inference ensemble (M, 1, S, S) of a mask family; every pixel is hidden by at least one mask.
+
+    family "stripes": `stripe_ensemble` (then `merge_stripes` if stripes_per_mask > 1);
+    family "checkerboard": `checkerboard_masks` with blocks of the stripe width (off the training
+    distribution: the model only saw stripes).
+    """
+    if family == "stripes":
+        masks = stripe_ensemble(size, width, stride, num_masks=num_masks, directions=directions)
+        return merge_stripes(masks, stripes_per_mask, len(directions)) if stripes_per_mask > 1 else masks
+    if family == "checkerboard":
+        return checkerboard_masks(size, width)
+    raise ValueError(f"unknown mask family '{family}': expected 'stripes' or 'checkerboard'")
+
+
 def make_condition(source: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
     """c = m * source + (1 - m) * noise: the source outside the stripe, noise inside. All (B, 1, H, W)."""
     return mask * source + (1 - mask) * noise
 
 
-__all__ = ["DIRECTIONS", "coverage", "make_condition", "random_stripe_masks", "stripe_ensemble", "stripe_width_for"]
+__all__ = ["DIRECTIONS", "checkerboard_masks", "coverage", "make_condition", "mask_ensemble", "merge_stripes",
+           "random_stripe_masks", "stripe_ensemble", "stripe_width_for"]

@@ -6,8 +6,11 @@ timesteps, masks) comes from one torch.Generator whose state is checkpointed wit
 optimizer, EMA and global RNG, so a CPU run killed at any point and resumed ends with the same
 weights as an uninterrupted one.
 
-Under `torchrun` (torch.distributed initialised) each rank takes its share of every global batch
-and gradients are averaged by DistributedDataParallel; rank 0 alone logs and writes checkpoints.
+Under `torchrun` (torch.distributed initialised, see distributed.py) each rank takes an equal share
+`global_batch[rank::world]` of every global batch and DistributedDataParallel averages the
+gradients; every loss is a mean over the rank's slices, so the update is the one a single process
+computes on the whole global batch. Loss noise and dropout differ per rank (each rank has its own
+generator and global RNG, both checkpointed per rank); rank 0 alone logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from mmccd.config import ExperimentConfig, TrainConfig, to_dict
 from mmccd.data.batch import SliceBatch, collate_slices
 from mmccd.data.io import atomic_write
+from mmccd.distributed import barrier, dist_info, local_rank
 from mmccd.errors import CheckpointError
 from mmccd.provenance import code_version
 
@@ -46,11 +50,14 @@ CHECKPOINT_FORMAT = "mmccd-checkpoint-v1"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' = the local CUDA device if present (the rank's own under torchrun), else CPU."""
+    """'auto' = the local CUDA device if present, else CPU. Under torchrun 'auto' and 'cuda' mean
+    the rank's own GPU, cuda:LOCAL_RANK."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", local_rank())
         return torch.device("cpu")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{local_rank()}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from mmccd.errors import ConfigError
@@ -67,13 +74,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 # ---------------------------------------------------------------- data order
@@ -155,7 +155,8 @@ class TrainResult:
     seconds: float
     final_loss: float
     checkpoint: Path
-    data_wait_fraction: float
+    data_wait_fraction: float  # of this session's wall time spent waiting for batches
+    trained_now: bool = True  # False when the checkpoint had already finished
 
 
 # ---------------------------------------------------------------- the loop
@@ -218,28 +219,38 @@ def train_network(
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     use_fp16 = tc.amp == "fp16" and device.type == "cuda"
+    if tc.amp == "fp16" and not use_fp16:
+        log.warning("%s: train.amp fp16 needs CUDA; training in float32 on %s (bf16 works on CPU)", net_name, device)
+    if tc.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        from mmccd.errors import ConfigError
+
+        raise ConfigError(f"{torch.cuda.get_device_name(device)} has no bfloat16: use --amp fp16 (or none)")
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
     generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+    if world > 1:  # own dropout draws per rank (rank 0 keeps the single-process stream)
+        _seed_rank_rng(tc.seed, rank, 0)
+        barrier()  # rank 0 has prepared the run folder (e.g. deleted it for --overwrite) before anyone reads it
     step = 0
+    previous_seconds = 0.0  # training time of earlier (interrupted) sessions, kept in the checkpoint
 
     if checkpoint.exists():
         ckpt = load_checkpoint(checkpoint)
         load_state_checked(net, ckpt["model"], checkpoint)
         load_state_checked(ema, ckpt["ema"], checkpoint, "EMA model")
         step = int(ckpt["step"])
+        previous_seconds = float(ckpt.get("train_seconds", 0.0))
         if step < tc.iterations:
             opt.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
-            generator.set_state(ckpt["rng"]["generator"][rank] if rank < len(ckpt["rng"]["generator"])
-                                else ckpt["rng"]["generator"][0])
-            torch.set_rng_state(ckpt["rng"]["torch"])
+            _restore_rng(ckpt["rng"], generator, tc.seed, step, rank, world, net_name)
             log.info("%s: resuming from step %d (%s)", net_name, step, checkpoint)
     if step >= tc.iterations:
         net.load_state_dict(ema.state_dict())
-        return TrainResult(net_name, step, 0.0, float("nan"), checkpoint, 0.0)
+        return TrainResult(net_name, step, previous_seconds, float("nan"), checkpoint, 0.0, trained_now=False)
 
     model: nn.Module = _LossModule(net, loss_fn)
     if world > 1:
+        # DDP broadcasts rank 0's weights now and averages gradients in backward
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     stop = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
     loader = DataLoader(dataset, batch_sampler=_StepBatches(n, tc, step, stop, rank, world),
@@ -271,7 +282,7 @@ def train_network(
         scaler.update()
         step += 1
         _ema_update(ema, net, tc.ema_decay, step, tc.ema_warmup)
-        loss_value = float(loss.detach())
+        loss_value = _mean_over_ranks(loss.detach(), world)  # the global batch's loss, the same on every rank
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"{net_name}: loss became {loss_value} at step {step}; lower train.lr or use amp none")
         ema_loss = loss_value if ema_loss is None else 0.98 * ema_loss + 0.02 * loss_value
@@ -281,18 +292,19 @@ def train_network(
         elapsed = time.perf_counter() - t_start
         if writer and (step % tc.log_every == 0 or step == stop):
             writer.write(step, loss_value, ema_loss, opt.param_groups[0]["lr"], elapsed, wait / max(elapsed, 1e-9))
-        if rank == 0 and (step % tc.checkpoint_every == 0 or step == stop):
-            _save(checkpoint, net, ema, opt, scaler, generator, step, cfg, net_name, world)
+        if step % tc.checkpoint_every == 0 or step == stop:
+            rng = _gather_rng(generator, world)  # a collective: every rank takes part
+            if rank == 0:
+                _save(checkpoint, net, ema, opt, scaler, rng, step, cfg, net_name, previous_seconds + elapsed)
         t_wait = time.perf_counter()
     bar.close()
     if writer:
         writer.close()
-    if world > 1:
-        dist.barrier()
+    barrier()  # nobody reads the checkpoint before rank 0 has written it
     seconds = time.perf_counter() - t_start
     if step >= tc.iterations:
         net.load_state_dict(ema.state_dict())
-    return TrainResult(net_name, step, seconds, loss_value, checkpoint, wait / max(seconds, 1e-9))
+    return TrainResult(net_name, step, previous_seconds + seconds, loss_value, checkpoint, wait / max(seconds, 1e-9))
 
 
 @torch.no_grad()
@@ -304,13 +316,60 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float, step: int, warmup:
         be.copy_(bn)
 
 
+def _mean_over_ranks(loss: Tensor, world: int) -> float:
+    if world > 1:
+        loss = loss.float().clone()
+        dist.all_reduce(loss)  # SUM: gloo has no AVG
+        loss /= world
+    return float(loss)
+
+
+def _seed_rank_rng(seed: int, rank: int, step: int) -> None:
+    """Global RNG (dropout) of rank > 0 in a multi-process run; rank 0 keeps the seed_everything stream."""
+    if rank:
+        torch.manual_seed((seed * 1_000_003 + rank) * 1_000_033 + step)
+
+
+def _gather_rng(generator: torch.Generator, world: int) -> dict[str, Any]:
+    """Every rank's loss generator and global CPU/CUDA RNG states (rank order), for the checkpoint."""
+    own = {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(generator.device) if generator.device.type == "cuda" else None}
+    states: list[dict[str, Any]] = [own]
+    if world > 1:
+        states = [{}] * world
+        dist.all_gather_object(states, own)
+    rng: dict[str, Any] = {"torch": states[0]["torch"], "generator": [s["generator"] for s in states]}
+    if world > 1:
+        rng["torch_ranks"] = [s["torch"] for s in states]
+    if own["cuda"] is not None:
+        rng["cuda"] = [s["cuda"] for s in states]
+    return rng
+
+
+def _restore_rng(rng: dict[str, Any], generator: torch.Generator, seed: int, step: int, rank: int, world: int,
+                 net_name: str) -> None:
+    """Restore this rank's RNG states; with another number of processes than the checkpoint's, the
+    data order still continues exactly but loss noise and dropout are drawn afresh (a warning)."""
+    saved = len(rng["generator"])
+    if saved == world:
+        generator.set_state(rng["generator"][rank])
+        torch.set_rng_state(rng["torch_ranks"][rank] if "torch_ranks" in rng else rng["torch"])
+        if "cuda" in rng and generator.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][rank], generator.device)
+        return
+    if rank == 0:
+        log.warning("%s: the checkpoint was written by %d process(es), this run has %d: the data order continues "
+                    "exactly, loss noise and dropout are reseeded (not bit-identical to an uninterrupted run)",
+                    net_name, saved, world)
+    generator.manual_seed((seed * 1_000_003 + rank) * 1_000_033 + step)
+    if rank == 0:
+        torch.set_rng_state(rng["torch"])
+    else:
+        _seed_rank_rng(seed, rank, step)
+
+
 def _save(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          generator: torch.Generator, step: int, cfg: ExperimentConfig, net_name: str, world: int) -> None:
-    gen_states = [generator.get_state()]
-    if world > 1:  # every rank's loss generator, so a resumed multi-process run continues exactly
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, generator.get_state().cpu())
-        gen_states = gathered
+          rng: dict[str, Any], step: int, cfg: ExperimentConfig, net_name: str, train_seconds: float) -> None:
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT,
         "net_name": net_name,
@@ -323,7 +382,8 @@ def _save(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer
         "ema": ema.state_dict(),
         "optimizer": opt.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "generator": gen_states},
+        "rng": rng,  # per-rank lists (see _gather_rng)
+        "train_seconds": train_seconds,  # wall time summed over all sessions of this run
     }, path)
 
 

@@ -58,7 +58,14 @@ class Case:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_name(p.name) and not p.name.startswith("."))
+    """NIfTI-named files of `folder`, hidden ones (e.g. a killed writer's .tmp-*) excluded; a broken link is
+    kept so that reading it says so (instead of "missing")."""
+    return sorted(p for p in folder.iterdir() if (p.is_file() or _broken_link(p)) and is_nifti_name(p.name)
+                  and not p.name.startswith("."))
+
+
+def _broken_link(p: Path) -> bool:
+    return p.is_symlink() and not p.exists()
 
 
 def _match_naming(files: list[Path], naming: str) -> dict[str, list[Path]]:
@@ -75,7 +82,8 @@ def _match_naming(files: list[Path], naming: str) -> dict[str, list[Path]]:
 def _match_layout(folder: Path, layout: Mapping[str, str]) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for key, pattern in layout.items():
-        matches = sorted(p for p in folder.glob(pattern.replace("{case}", folder.name)) if p.is_file())
+        matches = sorted(p for p in folder.glob(pattern.replace("{case}", folder.name))
+                         if (p.is_file() or _broken_link(p)) and not p.name.startswith("."))
         if matches:
             found[key] = matches
     return found

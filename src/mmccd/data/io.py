@@ -115,6 +115,10 @@ def load_header(path: str | Path, case_id: str | None = None) -> nib.Nifti1Image
 
     Raises DataError for a missing, unreadable or non-NIfTI file and for an image that is not 3D."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError("the file is a broken symbolic link", case=case_id, file=path,
+                        expected="a link to an existing file", found=f"a link to {os.readlink(path)}",
+                        fix="fetch the data it points to (e.g. `datalad get` / `git annex get`) or replace the link")
     if not path.exists():
         raise DataError("file not found", case=case_id, file=path)
     _sniff(path, case_id)

@@ -11,7 +11,9 @@ Per case (`prepare_case`):
 Per data set (`prepare_dataset`): discover, check every case's headers before any work (all
 problems are reported), prepare the rest in worker processes, resume complete cases, then
 write splits.json once. Voxel-level problems (NaN, empty volume, labels) are found while
-preparing, since that is when the voxels are read.
+preparing, since that is when the voxels are read. Under torchrun each rank takes the cases
+`cases[rank::world]` (with its own worker pool); rank 0 alone writes prepare.json and, after every
+rank has finished, splits.json.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,8 @@ from mmccd.data.store import (
     write_prepare_json,
 )
 from mmccd.data.validation import check_cases, validate_loaded
-from mmccd.errors import DataError
+from mmccd.distributed import barrier, gather_objects, is_main, local_world_size, progress_kwargs, shard
+from mmccd.errors import ConfigError, DataError, MmccdError
 
 log = logging.getLogger("mmccd")
 
@@ -159,19 +163,22 @@ def prepare_case(case: Case, cfg: PrepareConfig, required: Sequence[str] | None 
 def _prepare_and_write(case: Case, cfg: PrepareConfig, out_dir: Path,
                        required: Sequence[str]) -> tuple[str, DataError | None]:
     """Worker: prepare one case and write it; returns (case_id, the DataError or None)."""
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)  # one case per process; the processes share the cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one case per process; the processes share the cores
+    try:
         pc = prepare_case(case, cfg, required)
         write_case(out_dir, case.case_id, pc.images, pc.brain, pc.seg, pc.meta)
         return case.case_id, None
     except DataError as exc:
         return case.case_id, exc
+    finally:
+        torch.set_num_threads(threads)  # in-process (one worker) the caller keeps its threads
 
 
 def _n_workers(cfg: PrepareConfig, n_cases: int) -> int:
-    workers = cfg.workers if cfg.workers > 0 else min(4, os.cpu_count() or 1)
+    workers = cfg.workers if cfg.workers > 0 else min(4, max(1, (os.cpu_count() or 1) // local_world_size()))
     return max(1, min(workers, n_cases))
 
 
@@ -206,14 +213,20 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfi
     case's header problems have been logged). Returns the ids prepared, reused and skipped (with reasons)."""
     out_dir = Path(out_dir)
     required = list(required) if required is not None else list(MODALITIES)
+    unknown = [m for m in required if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(f"unknown contrast {', '.join(repr(m) for m in unknown)}: expected among "
+                          f"{', '.join(MODALITIES)} (other names in the files: pass a layout)")
     cases = find_cases(data_dir, layout)
-    _check_out_dir(out_dir, cfg, overwrite)
+    if is_main():  # under torchrun: rank 0 sets up the folder, the others wait for it
+        _check_out_dir(out_dir, cfg, overwrite)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if read_prepare_json(out_dir) is None:
+            write_prepare_json(out_dir, cfg, required)
+    barrier()
 
-    good, skipped = check_cases(cases, required, require_seg=False, on_error=on_error, read_data=False)
+    good, skipped = check_cases(shard(cases), required, require_seg=False, on_error=on_error, read_data=False)
     summary = PrepareSummary(skipped=list(skipped))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if read_prepare_json(out_dir) is None:
-        write_prepare_json(out_dir, cfg, required)
     todo = [c for c in good if not is_complete(out_dir, c.case_id)]
     summary.reused = [c.case_id for c in good if is_complete(out_dir, c.case_id)]
     if summary.reused:
@@ -221,7 +234,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfi
 
     workers = _n_workers(cfg, len(todo))
     results: list[tuple[str, DataError | None]] = []
-    with tqdm(total=len(todo), desc="prepare", unit="case", dynamic_ncols=True, disable=not todo) as bar:
+    with tqdm(total=len(todo), unit="case", dynamic_ncols=True, disable=not todo, **progress_kwargs("prepare")) as bar:
         if workers == 1:
             for case in todo:
                 results.append(_prepare_and_write(case, cfg, out_dir, required))
@@ -233,7 +246,13 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfi
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = [pool.submit(_prepare_and_write, case, cfg, out_dir, required) for case in todo]
                 for fut in as_completed(futures):
-                    results.append(fut.result())
+                    try:
+                        results.append(fut.result())
+                    except BrokenProcessPool:  # a worker was killed, most often by the kernel's out-of-memory killer
+                        raise MmccdError(
+                            f"a prepare worker process died (out of memory?) after {len(results)} of {len(todo)} "
+                            f"case(s); the finished ones are kept: run the same command with --workers 1 (or fewer "
+                            f"workers) to resume") from None
                     bar.update()
                     if results[-1][1] is not None and on_error == "stop":
                         for f in futures:
@@ -249,12 +268,23 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfi
             if on_error == "stop":
                 raise err
 
-    complete = sorted(summary.prepared + summary.reused)
-    with_seg = [c for c in complete if _has_seg(out_dir, c)]
-    load_or_create_splits(out_dir / SPLITS_JSON, with_seg, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    summary.prepared.sort()
-    summary.skipped.sort()
+    summary = _merge_ranks(summary)
+    if is_main():  # every rank's cases exist now (gathering waited for them)
+        complete = sorted(summary.prepared + summary.reused)
+        with_seg = [c for c in complete if _has_seg(out_dir, c)]
+        if complete:  # splits are written once: never freeze an empty split before any case is fixed
+            load_or_create_splits(out_dir / SPLITS_JSON, with_seg, cfg.val_fraction, cfg.test_fraction,
+                                  cfg.split_seed)
+    barrier()  # no rank returns before splits.json exists
     return summary
+
+
+def _merge_ranks(summary: PrepareSummary) -> PrepareSummary:
+    """Every rank's summary merged, sorted (the summary itself in one process)."""
+    parts = gather_objects(summary)
+    return PrepareSummary(prepared=sorted(c for p in parts for c in p.prepared),
+                          skipped=sorted(s for p in parts for s in p.skipped),
+                          reused=sorted(c for p in parts for c in p.reused))
 
 
 def _has_seg(out_dir: Path, case_id: str) -> bool:

@@ -51,7 +51,7 @@ def percentile_normalise(volume: np.ndarray, brain: np.ndarray, low: float = 1.0
     lo, hi = (float(v) for v in np.percentile(values, [low, high]))
     if not hi > lo:
         raise DataError("brain intensities have no contrast", case=case, file=file,
-                        expected=f"the {high:g}th percentile above the {low:g}th",
+                        expected=f"percentile {high:g} above percentile {low:g}",
                         found=f"both {lo:g}", fix="check the image; a constant brain cannot be normalised")
     x = volume.astype(np.float32, copy=False)
     if mode == "percentile":

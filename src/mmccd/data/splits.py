@@ -7,6 +7,7 @@ function of the sorted ids and the seed: `numpy.random.default_rng(seed).permuta
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from mmccd.data.io import atomic_write_text
 from mmccd.errors import DataError
 
+log = logging.getLogger("mmccd")
 SPLITS = ("train", "val", "test")
 
 
@@ -70,5 +72,8 @@ def load_or_create_splits(path: str | Path, case_ids: Sequence[str], val_fractio
                             fix="use the same split settings, or delete splits.json to split again")
         return splits
     splits = {**make_splits(case_ids, val_fraction, test_fraction, seed), **wanted}
+    if not splits["val"] or not splits["test"]:
+        log.warning("only %d case(s) with a segmentation: no validation or test subjects, so `mmccd evaluate` "
+                    "cannot run on this store (it needs at least 3 labelled cases)", len(set(case_ids)))
     atomic_write_text(path, json.dumps(splits, indent=2) + "\n")
     return splits

@@ -49,21 +49,28 @@ def dumps(data: Any) -> str:
 
 
 def prepare_record(cfg: PrepareConfig, required: Sequence[str]) -> dict[str, Any]:
-    """The content of prepare.json."""
+    """The content of prepare.json: config, code version and package versions (provenance.py)."""
+    from mmccd.provenance import code_version, package_versions
+
     return {"format": STORE_FORMAT, "config": to_dict(cfg), "modalities": list(MODALITIES),
-            "required": list(required), "mmccd_version": mmccd.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "required": list(required), "mmccd_version": mmccd.__version__, "code_version": code_version(),
+            "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def read_json(path: Path, what: str, fix: str, case: str | None = None) -> Any:
+    """json.loads of a file this package wrote, with a DataError (not a traceback) if it is damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{what} is unreadable", case=case, file=path, found=f"{type(exc).__name__}: {exc}",
+                        fix=fix) from None
 
 
 def read_prepare_json(root: str | Path) -> dict[str, Any] | None:
     path = Path(root) / PREPARE_JSON
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError("prepare.json is unreadable", file=path, found=str(exc),
-                        fix="delete the prepared folder and run `mmccd prepare` again") from None
+    return read_json(path, "prepare.json", "delete the prepared folder and run `mmccd prepare` again")
 
 
 def write_prepare_json(root: str | Path, cfg: PrepareConfig, required: Sequence[str]) -> None:
@@ -86,6 +93,8 @@ def write_case(root: str | Path, case_id: str, images: np.ndarray, brain: np.nda
     folder = case_dir(root, case_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten
+    for stale in folder.glob(".tmp-*"):  # left by a writer killed mid-write; one process writes a case
+        stale.unlink(missing_ok=True)
     atomic_save_npy(folder / "images.npy", images.astype(np.float16))
     atomic_save_npy(folder / "brain.npy", brain.astype(np.uint8))
     if seg is not None:
@@ -149,28 +158,38 @@ class PreparedStore:
 
     def meta(self, case_id: str) -> dict[str, Any]:
         if case_id not in self._meta:
-            self._meta[case_id] = json.loads((self._dir(case_id) / "meta.json").read_text())
+            self._meta[case_id] = read_json(self._dir(case_id) / "meta.json", "the case's meta.json",
+                                            f"delete {case_dir(self.root, case_id)} and run `mmccd prepare` again",
+                                            case=case_id)
         return self._meta[case_id]
+
+    def _array(self, case_id: str, name: str) -> np.ndarray:
+        path = self._dir(case_id) / name
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:  # truncated or damaged after it was written (copy, disk)
+            raise DataError("a prepared array is damaged", case=case_id, file=path,
+                            found=f"{type(exc).__name__}: {exc}",
+                            fix=f"delete {path.parent} and run `mmccd prepare` again (it redoes only that case)") from None
 
     def images(self, case_id: str) -> np.ndarray:
         """(n, 4, S, S) float16 memmap, channels in `modalities` order."""
-        return np.load(self._dir(case_id) / "images.npy", mmap_mode="r")
+        return self._array(case_id, "images.npy")
 
     def brain(self, case_id: str) -> np.ndarray:
         """(n, S, S) uint8 memmap."""
-        return np.load(self._dir(case_id) / "brain.npy", mmap_mode="r")
+        return self._array(case_id, "brain.npy")
 
     def seg(self, case_id: str) -> np.ndarray | None:
         """(n, S, S) uint8 memmap (labels 0..3) or None without segmentation."""
-        path = self._dir(case_id) / "seg.npy"
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return self._array(case_id, "seg.npy") if (self._dir(case_id) / "seg.npy").exists() else None
 
     def splits(self) -> dict[str, Any]:
         path = self.root / SPLITS_JSON
         if not path.exists():
             raise DataError("the prepared folder has no splits", file=path,
                             fix=f"run `mmccd prepare` again on {self.root} to finish it")
-        return json.loads(path.read_text())
+        return read_json(path, "splits.json", "delete it and run `mmccd prepare` again to write new splits")
 
     def __repr__(self) -> str:
         return f"PreparedStore({str(self.root)!r}, {len(self.case_ids)} cases)"

@@ -103,8 +103,7 @@ def check_geometry(case: Case, images: Mapping[str, nib.Nifti1Image], files: Map
         zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
         if not np.allclose(zooms, ref_zooms, atol=ZOOM_TOL):
             result.errors.append(DataError(f"the {key} volume has another voxel size than {ref_key}", case=case.case_id,
-                                           file=f, expected=f"voxel size {tuple(np.round(ref_zooms, 4))} mm",
-                                           found=f"{tuple(np.round(zooms, 4))} mm",
+                                           file=f, expected=f"voxel size {_mm(ref_zooms)} mm", found=f"{_mm(zooms)} mm",
                                            fix="resample all images of a case to one grid"))
             continue
         direction = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
@@ -120,6 +119,11 @@ def check_geometry(case: Case, images: Mapping[str, nib.Nifti1Image], files: Map
             result.warnings.append(f"case {case.case_id}: {f.name} has a header origin {shift:.2f} mm away from "
                                    f"{files[ref_key].name} on the same voxel grid; the voxel grids are used as they are")
     return result
+
+
+def _mm(zooms: np.ndarray) -> str:
+    """(1.0, 1.0, 2.0) -> '1 x 1 x 2' (numpy 2 prints np.float64(1.0) inside tuples)."""
+    return " x ".join(f"{float(z):.4g}" for z in zooms)
 
 
 def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[str, Path]) -> list[DataError]:

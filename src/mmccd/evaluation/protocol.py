@@ -1,4 +1,8 @@
-"""Scoring the evaluation slices of a split, with a cache of the maps (used by `mmccd evaluate`)."""
+"""Scoring the evaluation slices of a split, with a cache of the maps, and the threshold protocol.
+
+`threshold_protocol` is the one place a threshold is chosen for a reported number: on VALIDATION
+records only; the test records give the metrics at that threshold and a labelled oracle.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from tqdm.auto import tqdm
 from mmccd.data.batch import collate_slices
 from mmccd.data.dataset import SliceDataset
 from mmccd.data.store import PreparedStore
-from mmccd.evaluation.metrics import MapRecord
+from mmccd.evaluation.metrics import EvalResult, MapRecord, PredFilter, evaluate_maps
 from mmccd.evaluation.postprocess import PostProcess
+from mmccd.evaluation.thresholds import ThresholdChoice, choose_threshold, dice_curve, oracle_threshold
 from mmccd.scoring.base import AnomalyMethod
 
 log = logging.getLogger("mmccd")
@@ -72,8 +77,9 @@ def save_cache(path: Path, scored: ScoredSplit, signature: str) -> None:
     from mmccd.data.io import atomic_write_bytes
 
     buf = io.BytesIO()
+    figures = {f"fig{i}__{k}": np.asarray(v) for i, fig in enumerate(scored.figures) for k, v in fig.items()}
     np.savez_compressed(
-        buf,
+        buf, **figures,
         maps=np.stack([r.anomaly_map for r in scored.records]).astype(np.float32),
         gt=np.stack([r.gt for r in scored.records]), brain=np.stack([r.brain for r in scored.records]),
         subject_id=np.array([r.subject_id for r in scored.records]),
@@ -91,7 +97,13 @@ def load_cache(path: Path, signature: str) -> ScoredSplit | None:
             return None
         records = [MapRecord(str(s), int(k), m, g, b) for s, k, m, g, b in
                    zip(z["subject_id"], z["slice_index"], z["maps"], z["gt"], z["brain"], strict=True)]
-        return ScoredSplit(records, float(z["seconds_per_slice"]), [])
+        figures: dict[int, dict] = {}
+        for key in z.files:
+            if key.startswith("fig") and "__" in key:
+                i, name = key[3:].split("__", 1)
+                value = z[key]
+                figures.setdefault(int(i), {})[name] = str(value) if value.dtype.kind == "U" else value
+        return ScoredSplit(records, float(z["seconds_per_slice"]), [figures[i] for i in sorted(figures)])
     except Exception:  # an unreadable cache is recomputed, never trusted
         return None
 
@@ -102,3 +114,28 @@ def postprocess_records(records: list[MapRecord], pp: PostProcess) -> list[MapRe
         amap, brain = pp.apply_map(r.anomaly_map, r.brain)
         out.append(replace(r, anomaly_map=amap, brain=brain))
     return out
+
+
+@dataclass(frozen=True)
+class ProtocolResult:
+    """Threshold chosen on validation, applied once to test; the test-optimal oracle kept apart.
+
+    choice:     the validation choice (its candidates, its curve)
+    oracle:     the same search on test records: for a column labelled "oracle" only
+    result:     test metrics at choice.threshold
+    test_curve: (K,) mean subject Dice of the test records at choice.thresholds, for plots only
+    """
+
+    choice: ThresholdChoice
+    oracle: ThresholdChoice
+    result: EvalResult
+    test_curve: np.ndarray
+
+
+def threshold_protocol(val_records: list[MapRecord], test_records: list[MapRecord], n: int = 200,
+                       pred_filter: PredFilter | None = None) -> ProtocolResult:
+    """Choose the threshold on `val_records` (best mean subject Dice), evaluate `test_records` at it."""
+    choice = choose_threshold(val_records, n=n, pred_filter=pred_filter)
+    oracle = oracle_threshold(test_records, n=n, pred_filter=pred_filter)
+    result = evaluate_maps(test_records, choice.threshold, pred_filter=pred_filter)
+    return ProtocolResult(choice, oracle, result, dice_curve(test_records, choice.thresholds, pred_filter=pred_filter))

@@ -14,6 +14,8 @@ clip_denoised=False), refilling the masked part of c with fresh noise at every s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,12 +24,40 @@ from mmccd.masks import make_condition
 from mmccd.models.noise_schedule import NoiseSchedule
 from mmccd.models.unet import UNet
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
-def _randn(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """N(0, 1) of `shape` drawn on the generator's device (CPU or CUDA), returned on like's device/dtype."""
+
+def _randn(shape: torch.Size, generator: Generators, like: Tensor) -> Tensor:
+    """N(0, 1) of `shape` drawn on the generator's device (CPU or CUDA), returned on like's device/dtype.
+
+    A sequence of generators draws row b of the batch from generator[b] (one noise stream per row, so a
+    row's noise does not depend on which other rows share its batch)."""
     if generator is None:
         return torch.randn(shape, device=like.device, dtype=like.dtype)
-    return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: pass one per row")
+    rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]
+    return torch.cat(rows).to(like.device, like.dtype)
+
+
+def ddim_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "leading") -> list[int]:
+    """Descending timesteps to sample with.
+
+    "leading": the reference's DDIM respacing (guided-diffusion), floor(i T / n) reversed: 990, ..., 0 for
+    100 of 1000 steps; with few steps it starts far below T (1 step: t = 0, 2 steps: 500, 0), i.e. it
+    treats pure noise x_T as an almost clean image. "trailing": T - 1 - floor(i T / n) = 999, 989, ..., 9:
+    always starts at T - 1, where x_T is pure noise (Lin et al., arXiv 2305.08891, Table 2); 1 step is
+    then a single x0 prediction from x_T and the context.
+    """
+    if spacing == "leading":
+        return schedule.timesteps(num_steps).tolist()
+    if spacing == "trailing":
+        if not 1 <= num_steps <= schedule.num_timesteps:
+            raise ValueError(f"num_steps must be in [1, {schedule.num_timesteps}], found {num_steps}")
+        return [schedule.num_timesteps - 1 - (i * schedule.num_timesteps) // num_steps for i in range(num_steps)]
+    raise ValueError(f"unknown timestep spacing '{spacing}': expected 'leading' or 'trailing'")
 
 
 class MaskedConditionalDiffusion(nn.Module):
@@ -65,17 +95,19 @@ class MaskedConditionalDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, source: Tensor, mask: Tensor, num_steps: int = 100, eta: float = 0.0,
-               generator: torch.Generator | None = None, x_T: Tensor | None = None) -> Tensor:
+               generator: Generators = None, x_T: Tensor | None = None, spacing: str = "leading") -> Tensor:
         """DDIM-generate the target under the masks: source, mask (B, 1, H, W) -> x0 (B, 1, H, W).
 
         B is typically masks x slices flattened: the caller batches many masks of one slice. x_T (B, 1, H, W)
         is the initial noise (e.g. one noise image expanded over all masks of a slice); drawn from
-        `generator` if None. Draw order per step: condition noise, then (eta > 0) the DDIM noise.
-        Put the net in eval() first: dropout in train mode would make samples irreproducible.
+        `generator` if None. `generator` may be one per row (a sequence of B): row b's noise then comes
+        from generator[b] alone. Draw order per step: condition noise, then (eta > 0) the DDIM noise.
+        `spacing`: see `ddim_timesteps`. Put the net in eval() first: dropout in train mode would make
+        samples irreproducible. Under autocast the net's output is cast back to x's dtype for the update.
         """
         # 1. initial noise x_T
         x = _randn(source.shape, generator, source) if x_T is None else x_T.to(source.device, source.dtype)
-        steps = self.schedule.timesteps(num_steps).tolist()
+        steps = ddim_timesteps(self.schedule, num_steps, spacing)
         x0_pred = x
         for i, t in enumerate(steps):
             t_prev = steps[i + 1] if i + 1 < len(steps) else -1
@@ -83,11 +115,11 @@ class MaskedConditionalDiffusion(nn.Module):
             c = make_condition(source, mask, _randn(source.shape, generator, source))
             # 3. predict x0 at step t
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            x0_pred = self(x, c, t_batch)
+            x0_pred = self(x, c, t_batch).to(x.dtype)
             # 4. DDIM update to t_prev (t_prev = -1: the final x0_pred)
             noise = _randn(x.shape, generator, x) if eta > 0 else None
             x = self.schedule.ddim_step(x, x0_pred, t, t_prev, eta=eta, noise=noise)
         return x0_pred
 
 
-__all__ = ["MaskedConditionalDiffusion"]
+__all__ = ["MaskedConditionalDiffusion", "ddim_timesteps"]

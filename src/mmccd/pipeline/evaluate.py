@@ -1,22 +1,26 @@
 """`mmccd evaluate`: the protocol on a trained run — threshold from validation, applied once to test.
 
 1. score the evaluation slices (max-tumour slice per subject, or every slice with brain) of the
-   validation and test subjects in `splits.json`; maps are cached in RUN/maps/ and reused;
+   validation and test subjects in `splits.json` (or of another prepared store as test); maps are
+   cached in RUN/maps/ and reused;
 2. choose the threshold maximising mean subject Dice on VALIDATION maps;
 3. apply it once to the test maps: Dice, AUROC, AUPRC inside the brain, per slice, per subject
    (volume) and pooled; the test-optimal ("oracle") Dice is reported separately, labelled;
-4. write metrics.json, per_slice.csv, per_subject.csv, figures/ and report.html into the run.
+4. write metrics.json, per_slice.csv, per_subject.csv, dice_curve.csv, figures/ and report.html into
+   the run (or `out_dir`, so several protocols can share one run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+from mmccd.config import to_dict, with_scoring
+from mmccd.data.io import atomic_write_text
 from mmccd.data.store import PreparedStore
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
-from mmccd.evaluation.metrics import evaluate_maps
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import (
     ScoredSplit,
@@ -25,49 +29,69 @@ from mmccd.evaluation.protocol import (
     postprocess_records,
     save_cache,
     score_split,
+    threshold_protocol,
 )
 from mmccd.evaluation.report import write_report
-from mmccd.evaluation.thresholds import choose_threshold, dice_curve, oracle_threshold
 from mmccd.pipeline.runs import load_method, read_run_config, read_run_info
 from mmccd.scoring.base import AnomalyMethod
 
 
 def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = None,
-                 postprocess: PostProcess | None = None, method: AnomalyMethod | None = None) -> dict[str, Any]:
-    """Run the protocol on a trained run and write its report. Returns the summary dict."""
+                 postprocess: PostProcess | None = None, method: AnomalyMethod | None = None, *,
+                 out_dir: Path | None = None, test_store: Path | None = None,
+                 test_ids: list[str] | None = None, scoring: str | None = None) -> dict[str, Any]:
+    """Run the protocol on a trained run and write its report. Returns the summary dict.
+
+    scoring:    a preset whose `score` section replaces the run's (e.g. "fast", "reference"); None = the run's
+
+    out_dir:    where metrics.json, the CSVs, dice_curve.csv, figures/ and report.html go (default: the run)
+    test_store: another prepared store whose subjects `test_ids` (default: its split "test") are the test
+                set, e.g. another site; the threshold still comes from the run's validation subjects.
+    Maps are cached in RUN/maps/ either way; the method is loaded only when a split must be scored."""
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = with_scoring(read_run_config(run_dir), scoring)
     info = read_run_info(run_dir)
     slices = slices or cfg.eval.eval_slices
     pp = postprocess or PostProcess()
     store = PreparedStore.open(Path(info["prepared"]))
-    splits = store.splits()
-    method = method or load_method(run_dir, device)
-    signature = json.dumps({"code": _checkpoint_signature(run_dir), "score": cfg.score.__dict__}, sort_keys=True, default=str)
+    val_ids = store.splits()["val"]
+    t_store = PreparedStore.open(test_store) if test_store is not None else store
+    if test_ids is None:
+        test_ids = t_store.splits()["test"]
+    test_name = "test" if test_store is None else f"test@{t_store.root.name}"
+    splits = {"val": (store, val_ids, "val"), "test": (t_store, list(test_ids), test_name)}
 
     scored: dict[str, ScoredSplit] = {}
-    for split in ("val", "test"):
-        cached = load_cache(cache_path(run_dir, split, slices), signature)
+    for split, (split_store, ids, name) in splits.items():
+        signature = json.dumps({"code": _checkpoint_signature(run_dir), "score": cfg.score.__dict__,
+                                "store": str(split_store.root.resolve()), "ids": ids}, sort_keys=True, default=str)
+        path = cache_path(run_dir, name, slices)
+        cached = load_cache(path, signature)
         keep = cfg.eval.figure_slices if split == "test" else 0
-        if cached is not None and keep == 0:
+        if cached is not None and len(cached.figures) >= min(keep, len(cached.records)):
             scored[split] = cached
             continue
-        scored[split] = score_split(method, store, splits[split], cfg.source, cfg.target, slices,
+        method = method or load_method(run_dir, device)
+        method.cfg = dataclasses.replace(method.cfg, score=cfg.score)
+        scored[split] = score_split(method, split_store, ids, cfg.source, cfg.target, slices,
                                     seed=cfg.score.seed, keep_figures=keep, desc=f"score {split}")
-        save_cache(cache_path(run_dir, split, slices), scored[split], signature)
+        save_cache(path, scored[split], signature)
 
     val = postprocess_records(scored["val"].records, pp)
     test = postprocess_records(scored["test"].records, pp)
     pred_filter = pp.apply_mask if pp.min_component else None  # component removal acts on the binary mask
-    choice = choose_threshold(val, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
-    oracle = oracle_threshold(test, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
-    result = evaluate_maps(test, choice.threshold, pred_filter=pred_filter)
-    test_curve = dice_curve(test, choice.thresholds, pred_filter=pred_filter)
+    protocol_result = threshold_protocol(val, test, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
+    choice, oracle, result = protocol_result.choice, protocol_result.oracle, protocol_result.result
 
-    figures = run_dir / "figures"
+    figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
-    dice_threshold_plot(choice.thresholds, choice.val_curve, test_curve, choice.threshold,
+    dice_threshold_plot(choice.thresholds, choice.val_curve, protocol_result.test_curve, choice.threshold,
                         figures / "dice_vs_threshold.png", oracle=oracle.threshold)
+    atomic_write_text(out_dir / "dice_curve.csv", "threshold,val_dice,test_dice\n" + "".join(
+        f"{t!r},{v!r},{d!r}\n" for t, v, d in zip(choice.thresholds.tolist(), choice.val_curve.tolist(),
+                                                protocol_result.test_curve.tolist(), strict=True)))
     rows, titles = [], []
     for fig in scored["test"].figures:
         amap, brain = pp.apply_map(fig["anomaly_map"], fig["brain"])
@@ -90,14 +114,17 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
         **result.summary,
         "oracle_threshold": float(oracle.threshold), "oracle_dice_test": float(oracle.val_dice),
         "threshold_at_search_edge": bool(choice.at_edge),
-        "n_val_subjects": len(splits["val"]), "n_test_subjects": len(splits["test"]),
+        "n_val_subjects": len(val_ids), "n_test_subjects": len(test_ids),
+        "test_store": str(t_store.root),
         "n_test_slices": len(test), "seconds_per_slice": scored["test"].seconds_per_slice,
         "postprocess": pp.describe(),
+        "score_config": to_dict(cfg.score),  # the threshold belongs to maps scored this way
     }
-    protocol = (f"{cfg.method}, {cfg.source} -> {cfg.target}. Threshold chosen on {len(splits['val'])} validation "
-                f"subjects, applied once to {len(splits['test'])} test subjects ({slices} slices). "
+    where = "" if test_store is None else f" of {t_store.root}"
+    protocol = (f"{cfg.method}, {cfg.source} -> {cfg.target}. Threshold chosen on {len(val_ids)} validation "
+                f"subjects, applied once to {len(test_ids)} test subjects{where} ({slices} slices). "
                 "Oracle = test-optimal threshold, for comparison with papers only.")
-    write_report(run_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")})
+    write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")})
     return summary
 
 

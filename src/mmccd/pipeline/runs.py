@@ -18,10 +18,11 @@ from typing import Any
 
 import yaml
 
-from mmccd.config import ExperimentConfig, dump_yaml, from_dict
+from mmccd.config import ExperimentConfig, dump_yaml, from_dict, to_dict
 from mmccd.data.dataset import SliceDataset
 from mmccd.data.io import atomic_write_text
 from mmccd.data.store import PreparedStore
+from mmccd.distributed import barrier
 from mmccd.errors import ConfigError, OutputExistsError
 from mmccd.provenance import run_info
 from mmccd.scoring import build_method
@@ -60,16 +61,47 @@ def read_run_config(run_dir: Path) -> ExperimentConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml): train first with `mmccd train ... --out {run_dir}`")
-    return from_dict(yaml.safe_load(path.read_text()))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is unreadable ({type(exc).__name__}); it is the run's record of its config: "
+                          "restore it, or train again into a new folder") from None
+    return from_dict(data)  # ConfigError (not a traceback) for a non-mapping or unknown keys
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "run_info.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); "
+                          f"resume the run (`mmccd train ... --out {run_dir} --resume`) to write it again") from None
+    return info if isinstance(info, dict) else {}
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / "run_info.json", json.dumps(info, indent=2))
+
+
+# what may change on --resume: more iterations, bookkeeping, and the sections training does not use
+RESUME_MAY_CHANGE = ("name", "device", "score", "eval", "train.iterations", "train.checkpoint_every",
+                     "train.log_every", "train.num_workers")
+
+
+def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """Keys (dotted) that differ between two configs and would change the trained weights."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(to_dict(old)), flat(to_dict(new))
+    return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_CHANGE)]
 
 
 def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool = False,
@@ -84,11 +116,11 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     run_dir = Path(run_dir)
     if rank == 0:
         if resume and (run_dir / "config.yaml").exists():
-            previous = read_run_config(run_dir)
-            # only the number of iterations may change on resume (to train longer)
-            if dataclasses.replace(previous, train=dataclasses.replace(previous.train, iterations=cfg.train.iterations)) != cfg:
+            changes = config_changes(read_run_config(run_dir), cfg)
+            if changes:
                 raise OutputExistsError(
-                    f"{run_dir} was trained with another config; --resume needs the same config "
+                    f"{run_dir} was trained with another config ({'; '.join(changes[:4])}"
+                    f"{' ...' if len(changes) > 4 else ''}); --resume needs the same config "
                     "(see its config.yaml), or pass --overwrite to start again")
         prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, marker="config.yaml")
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
@@ -102,13 +134,17 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     losses = method.losses()
     dataset = SliceDataset(store, train_ids, cfg.source, cfg.target, slices="train")
     info["train_slices"] = len(dataset)
+    if rank == 0:  # written now too, so that a run killed mid-training still records its data and versions
+        write_run_info(run_dir, info)
     times = info.setdefault("train_seconds", {})
     for name, loss_fn in losses.items():
         ckpt = run_dir / "checkpoints" / f"{name}.pt"
-        if reuse_backward_from is not None and name == "target_to_source" and not ckpt.exists():
-            _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt", ckpt, cfg)
+        if reuse_backward_from is not None and name == "target_to_source":
+            if rank == 0 and not ckpt.exists():
+                _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt", ckpt, cfg)
+            barrier()  # the other ranks see the copied checkpoint
         result = train_network(method.nets[name], loss_fn, dataset, cfg, ckpt, name, device, log_dir=run_dir / "logs")
-        if result.seconds:
+        if result.trained_now or name not in times:
             times[name] = round(result.seconds, 1)
             info.setdefault("data_wait_fraction", {})[name] = round(result.data_wait_fraction, 4)
     if rank == 0:

@@ -26,8 +26,11 @@ class VolumeScore:
 
 @torch.inference_mode()
 def score_prepared_case(method: AnomalyMethod, prepared: PreparedCase, batch_size: int = 16,
-                        generator: torch.Generator | None = None) -> VolumeScore:
-    """Score all stored slices of a prepared case and map them back to the original grid."""
+                        generator: torch.Generator | None = None, brain: np.ndarray | None = None) -> VolumeScore:
+    """Score all stored slices of a prepared case and map them back to the original grid.
+
+    brain: the brain mask on the original grid (e.g. source != 0); the restored map is zeroed outside
+    it, since resampling back from the crop blurs the map across the brain's edge."""
     cfg = method.cfg
     meta = prepared.meta
     batch = slices_from_prepared(prepared, cfg.source, cfg.target, which="stored")  # every slice with brain
@@ -45,6 +48,8 @@ def score_prepared_case(method: AnomalyMethod, prepared: PreparedCase, batch_siz
     restored = uncrop(stored, meta["box"], tuple(in_plane))  # (n, H, W) in original in-plane order
     positions = batch.slice_index.numpy()
     np.moveaxis(volume, axis, 0)[positions] = restored
+    if brain is not None:
+        volume *= brain
     return VolumeScore(volume, stored, prepared)
 
 
