@@ -5,7 +5,11 @@ through the measured process) while a thread samples /proc/self/status every 10 
 
   peak RSS   VmHWM: everything resident, including memory-mapped store pages and shared libraries
   peak anon  the largest RssAnon seen: the process's own memory (arrays, tensors, Python objects)
+  anon@end   RssAnon when the stage is done: what stays after every case (growth per case would show here)
   file@end   RssFile at the end: mapped files (torch's libraries ~100 MB, store pages the kernel may drop)
+
+Peaks are maxima over cases, so 2N cases can peak a little higher than N (a larger volume among them)
+without anything accumulating; anon@end tells the two apart.
 
 Data: the real BraTS cases in ../shared/data/brats (or $MMCCD_REAL_DATA) when present, else SYNTHETIC
 phantom cases. `train` runs enough steps to see every training slice at least once for both sizes;
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -75,9 +78,8 @@ def child(argv: list[str]) -> None:
     done.set()
     thread.join()
     end = _status()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
     print(json.dumps({"code": code, "peak_rss": end["VmHWM"], "peak_anon": max(peak_anon, end["RssAnon"]),
-                      "file_end": end["RssFile"], "children_peak_rss": children, "seconds": round(seconds, 1)}))
+                      "anon_end": end["RssAnon"], "file_end": end["RssFile"], "seconds": round(seconds, 1)}))
 
 
 # ---------------------------------------------------------------- parent
@@ -147,9 +149,11 @@ def main() -> None:
                                               "--case", str(root / f"data{n}"), "--out", str(root / f"maps{n}"),
                                               "--threshold", "0.5"])))
 
-    print(f"{'stage':22s} {'cases':>5s} {'peak RSS MB':>11s} {'peak anon MB':>12s} {'file@end MB':>11s} {'seconds':>8s}")
+    print(f"{'stage':22s} {'cases':>5s} {'peak RSS MB':>11s} {'peak anon MB':>12s} {'anon@end MB':>11s} "
+          f"{'file@end MB':>11s} {'seconds':>8s}")
     for stage, n, r in rows:
-        print(f"{stage:22s} {n:5d} {r['peak_rss']:11d} {r['peak_anon']:12d} {r['file_end']:11d} {r['seconds']:8.1f}")
+        print(f"{stage:22s} {n:5d} {r['peak_rss']:11d} {r['peak_anon']:12d} {r['anon_end']:11d} {r['file_end']:11d} "
+              f"{r['seconds']:8.1f}")
     print("\npeak anon = the process's own memory (RssAnon); peak RSS adds memory-mapped store pages and "
           "shared libraries,\nwhich the kernel can drop under pressure.")
 

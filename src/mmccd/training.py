@@ -37,7 +37,7 @@ from mmccd.config import ExperimentConfig, TrainConfig, to_dict
 from mmccd.data.batch import SliceBatch, collate_slices
 from mmccd.data.io import atomic_write
 from mmccd.distributed import barrier, dist_info, local_rank
-from mmccd.errors import CheckpointError
+from mmccd.errors import CheckpointError, MmccdError
 from mmccd.provenance import code_version
 
 log = logging.getLogger("mmccd")
@@ -123,7 +123,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt zips/pickles
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"checkpoint {path} cannot be read as plain tensors ({type(exc).__name__}); mmccd never unpickles "
+            "objects from checkpoints (torch.load weights_only=True), so "
             "it is corrupt or not an mmccd checkpoint: delete it and train again") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an mmccd checkpoint (expected format {CHECKPOINT_FORMAT})")
@@ -146,6 +147,10 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], path: Path, 
             f"checkpoint {path} holds a {what} of another architecture than the configured one ({detail}); "
             "use the config saved with that checkpoint or train again")
     module.load_state_dict(state)
+
+
+class TrainingDivergedError(MmccdError):
+    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -261,7 +266,7 @@ def train_network(
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype and (device.type == "cuda" or amp_dtype == torch.bfloat16)
                 else nullcontext())
 
-    writer = _Logger(log_dir, net_name) if rank == 0 and log_dir is not None else None
+    writer = _Logger(log_dir, net_name, step) if rank == 0 and log_dir is not None else None
     bar = tqdm(total=tc.iterations, initial=step, desc=f"train {net_name}", disable=rank != 0, dynamic_ncols=True)
     t_start = time.perf_counter()
     wait = 0.0
@@ -284,7 +289,8 @@ def train_network(
         _ema_update(ema, net, tc.ema_decay, step, tc.ema_warmup)
         loss_value = _mean_over_ranks(loss.detach(), world)  # the global batch's loss, the same on every rank
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"{net_name}: loss became {loss_value} at step {step}; lower train.lr or use amp none")
+            raise TrainingDivergedError(f"{net_name}: the loss became {loss_value} at step {step}; lower train.lr "
+                                        "or use --amp none, then train again (--overwrite)")
         ema_loss = loss_value if ema_loss is None else 0.98 * ema_loss + 0.02 * loss_value
         bar.update(1)
         if step % 10 == 0 or step == stop:
@@ -390,9 +396,13 @@ def _save(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer
 class _Logger:
     """CSV log per network (+ TensorBoard when installed: `pip install mmccd[tensorboard]`)."""
 
-    def __init__(self, log_dir: Path, name: str):
+    def __init__(self, log_dir: Path, name: str, resume_step: int = 0):
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"{name}.csv"
+        if path.exists():  # drop rows past the checkpoint we resume from: they are trained again
+            lines = path.read_text().splitlines(keepends=True)
+            kept = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= resume_step]
+            path.write_text("".join(kept))
         new = not path.exists()
         self.file = path.open("a", newline="")
         self.csv = csv.writer(self.file)

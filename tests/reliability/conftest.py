@@ -2,42 +2,22 @@
 and `run_cli` (the `mmccd` command in this process, output captured, no traceback allowed).
 
 Everything is small (48 x 48 x 32 voxels, 32 px slices, a 2-level UNet of width 8, a few steps) and
-single-threaded, so that the folder runs in well under a minute beside other jobs."""
+single-threaded (about 45 s of CPU for the folder), so that it can run beside other jobs."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
+from reliability_helpers import SHAPE, SMALL_PRESET, CliResult
 
 from mmccd.cli import main
 from mmccd.config import load_config
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.data.prepare import prepare_dataset
 from mmccd.pipeline.runs import train_run
-
-SHAPE = (48, 48, 32)
-# smaller than the `tiny` preset: seconds per run on one core
-SMALL_PRESET = """\
-name: reliability
-prepare: {size: 32, min_brain_fraction: 0.15, workers: 1}
-network: {base_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [],
-          num_head_channels: 8, dropout: 0.1}
-diffusion: {stripe_width: 32}
-train: {iterations: 4, batch_size: 4, lr: 0.001, checkpoint_every: 2, log_every: 2}
-score: {num_masks: 8, ddim_steps: 2, mask_batch: 8}
-device: cpu
-"""
-# one thread everywhere: deterministic CPU kernels, and no contention with other jobs
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,13 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
 
 
 @pytest.fixture
@@ -67,12 +40,6 @@ def run_cli(capsys):
         return CliResult(code, out, err)
 
     return run
-
-
-def run_mmccd(*argv: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`mmccd ARGS` in a fresh process (what a user sees in a terminal)."""
-    return subprocess.run([sys.executable, "-m", "mmccd.cli", *map(str, argv)], capture_output=True, text=True,
-                          env=SUBPROCESS_ENV, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -96,23 +63,6 @@ def one_case(phantom, tmp_path):
     data = tmp_path / "data"
     case = shutil.copytree(phantom / "Phantom_00000", data / "Phantom_00000")
     return data, case
-
-
-def image(case: Path, key: str) -> Path:
-    return case / f"{case.name}_{key}.nii.gz"
-
-
-def rewrite(case: Path, key: str, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    """Replace one file of `case` by `data` (the original affine unless given)."""
-    path = image(case, key)
-    ref = nib.load(path)
-    nib.save(nib.Nifti1Image(np.asarray(data), ref.affine if affine is None else affine), str(path))
-    return path
-
-
-def voxels(case: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(image(case, key))
-    return np.asarray(img.dataobj), img.affine.copy()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV
+from reliability_helpers import SUBPROCESS_ENV
 
 import mmccd.data.io as mmccd_io
 import mmccd.training as training

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import image, rewrite, run_mmccd, voxels
+from reliability_helpers import image, rewrite, run_mmccd, voxels
 
 import mmccd.data.io as mmccd_io
 from mmccd.cli import main
@@ -351,6 +351,13 @@ def test_output_folder_that_already_holds_results(run_cli, prepared, small_prese
     assert result.code == 1 and "exists; pass --overwrite to replace it" in result.err
     assert amap.stat().st_mtime_ns == stamp
     assert run_cli(*score, "--overwrite").code == 0 and amap.stat().st_mtime_ns != stamp
+
+
+def test_an_output_path_that_cannot_be_created(run_cli, phantom, tmp_path):
+    """The environment, not the data (permissions, a full disk, a file in the way): one line as well."""
+    (tmp_path / "a-file").write_text("")
+    one_error_line(run_cli("prepare", "--data", phantom, "--out", tmp_path / "a-file" / "store", "--workers", "1"),
+                   "Not a directory", str(tmp_path / "a-file" / "store"), "check the path")
 
 
 # ---------------------------------------------------------------- a batch with good and bad cases

@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import torch
-from conftest import SUBPROCESS_ENV
+from reliability_helpers import SUBPROCESS_ENV
 
 TRAIN = ("--quiet", "train", "--method", "cyclic-unet", "--set", "train.iterations=20", "--set",
          "train.checkpoint_every=5")  # as the session's Cyclic UNet run (conftest.RUN_OVERRIDES)

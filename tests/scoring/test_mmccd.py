@@ -96,8 +96,9 @@ def test_batched_masks_equal_one_mask_at_a_time(eta: float):
             torch.testing.assert_close(out[key], loop[key], rtol=1e-4, atol=1e-5)
 
 
-def test_several_slices_per_call_equal_one_slice_per_call():
-    method, batch = make_method(), slices(4)
+@pytest.mark.parametrize("composite", [False, True])
+def test_several_slices_per_call_equal_one_slice_per_call(composite: bool):
+    method, batch = make_method(composite=composite), slices(4)
     one = run(with_score(method, slice_batch=1), batch)
     many = run(with_score(method, slice_batch=4), batch)
     for key in one:

@@ -20,6 +20,7 @@ from typing import Any
 from mmccd.config import to_dict, with_scoring
 from mmccd.data.io import atomic_write_text
 from mmccd.data.store import PreparedStore
+from mmccd.errors import DataError
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import (
@@ -61,6 +62,13 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
     if test_ids is None:
         test_ids = t_store.splits()["test"]
     test_name = "test" if test_store is None else f"test@{t_store.root.name}"
+    for name, ids in (("validation", val_ids), ("test", test_ids)):
+        if not ids:
+            raise DataError(f"no {name} subjects in the split, so no threshold can be chosen and applied",
+                            file=Path(info["prepared"]) / "splits.json",
+                            expected="at least 1 validation and 1 test subject with a segmentation",
+                            found=f"{len(val_ids)} validation, {len(test_ids)} test",
+                            fix="prepare at least 3 labelled cases")
     splits = {"val": (store, val_ids, "val"), "test": (t_store, list(test_ids), test_name)}
 
     scored: dict[str, ScoredSplit] = {}
