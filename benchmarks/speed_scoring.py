@@ -38,11 +38,12 @@ from mmccd.evaluation.thresholds import choose_threshold
 from mmccd.pipeline.runs import load_method, read_run_info
 from mmccd.scoring.base import AnomalyMethod
 
-FAST_BATCH = {"mask_batch": 16, "slice_batch": 8}
-TILE = {"num_masks": 16, **FAST_BATCH}  # 8 + 8 stripes of the training width: they tile the slice
+TILE = {"num_masks": 16, "mask_batch": 16}  # 8 + 8 stripes of the training width: they tile the slice
 ONE_STEP = {**TILE, "ddim_steps": 1, "timestep_spacing": "trailing"}
+PLAIN = {"amp": "none", "channels_last": False}  # the fast preset's maps in fp32, contiguous
 
-# key -> (description, score overrides on the defaults (= the reference), timed in every round?)
+# key -> (description, score overrides, timed in every round?). Keys starting "fast" override the fast preset,
+# the others the reference protocol (= the ScoreConfig defaults: fp32, contiguous, one slice per call).
 SETTINGS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "reference": ("reference: 128 stripes (1-px stride at 64 px) x 100 DDIM steps", {}, False),
     "m128-s10": ("128 stripes x 10 steps (trailing)", {"ddim_steps": 10, "timestep_spacing": "trailing"}, False),
@@ -53,27 +54,33 @@ SETTINGS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "m16-s1-leading": ("16 tiling x 1 step, leading spacing (t = 0)", {**ONE_STEP, "timestep_spacing": "leading"},
                        True),
     "m16-s1": ("16 tiling x 1 step (t = 999)", {**ONE_STEP}, True),
-    "fast": ("fast preset: 16 tiling x 1 step + composite backward", {}, True),
-    "fast-seed1": ("fast, another seed (1): noise of the Dice", {"seed": 1}, True),
-    "fast-seed2": ("fast, another seed (2)", {"seed": 2}, True),
-    "fast-1slice": ("fast, one slice per network call", {"slice_batch": 1}, True),
-    "fast-cl": ("fast + channels_last", {"channels_last": True}, True),
-    "fast-bf16": ("fast + bf16 autocast", {"amp": "bf16"}, True),
-    "m16-s2-comp": ("16 tiling x 2 steps + composite", {"ddim_steps": 2}, True),
-    "v8-comp": ("8 vertical stripes x 1 step + composite", {"num_masks": 8, "mask_directions": ["vertical"]}, True),
-    "pairs8-comp": ("8 masks of 2 stripes x 1 step + composite", {"stripes_per_mask": 2}, True),
-    "board-comp": ("2 checkerboards x 1 step + composite", {"mask_family": "checkerboard"}, True),
-    "fast-compile": ("fast + torch.compile (opt-in; compile time not included)", {"compile": True}, True),
+    "m16-s1-comp": ("16 tiling x 1 step + composite backward (= fast maps, fp32)", {**ONE_STEP, "composite": True},
+                    True),
+    "m16-s2-comp": ("16 tiling x 2 steps + composite", {**ONE_STEP, "ddim_steps": 2, "composite": True}, True),
+    "v8-comp": ("8 vertical stripes x 1 step + composite",
+                {**ONE_STEP, "num_masks": 8, "mask_directions": ["vertical"], "composite": True}, True),
+    "pairs8-comp": ("8 masks of 2 stripes x 1 step + composite", {**ONE_STEP, "stripes_per_mask": 2, "composite": True},
+                    True),
+    "board-comp": ("2 checkerboards x 1 step + composite", {**ONE_STEP, "mask_family": "checkerboard", "composite": True},
+                   True),
+    "fast-cl": ("fast maps + channels_last (fp32)", {"amp": "none"}, True),
+    "fast-bf16": ("fast maps + bf16 autocast (contiguous)", {"amp": "bf16", "channels_last": False}, True),
+    "fast": ("fast preset: 16 tiling x 1 step + composite, channels_last, amp auto", {}, True),
+    "fast-slices8": ("fast preset, 8 slices per network call", {"slice_batch": 8}, True),
+    "fast-seed1": ("fast preset, another seed (1): noise of the Dice", {"seed": 1}, True),
+    "fast-seed2": ("fast preset, another seed (2)", {"seed": 2}, True),
+    "fast-compile": ("fast preset + torch.compile (opt-in; compile time not included)", {"compile": True}, True),
     "cyclic-unet": ("Cyclic UNet (cost unit)", {}, True),
+    "cyclic-unet-fast": ("Cyclic UNet + channels_last + bf16 autocast", {}, True),
 }
 OPT_IN = {"fast-compile"}  # only when named in --settings
-FAST_BASED = {"fast", "fast-compile", "fast-seed1", "fast-seed2", "fast-1slice", "fast-cl", "fast-bf16", "m16-s2-comp", "v8-comp", "pairs8-comp", "board-comp"}
+CYCLIC = {"cyclic-unet", "cyclic-unet-fast"}
 
 
 def score_config(key: str, run_score: ScoreConfig) -> ScoreConfig:
     if key == "run":
         return run_score
-    base = load_score_preset("fast") if key in FAST_BASED else load_score_preset("reference")
+    base = load_score_preset("fast") if key.startswith("fast") else load_score_preset("reference")
     return merge(base, SETTINGS[key][1], where=f"setting {key}")
 
 
@@ -123,16 +130,24 @@ class PeakMemory:
         self.peak_mb = max(0.0, max(self._peak, self._rss_mb()) - self._base)
 
 
-def time_scoring(method: AnomalyMethod, batch: SliceBatch, seed: int, per_slice: bool) -> tuple[np.ndarray, list[float], float]:
-    """Maps (N, S, S), seconds per slice (one value per call, divided by its slices), peak MB."""
+def time_scoring(method: AnomalyMethod, batch: SliceBatch, seed: int, per_slice: bool,
+                 fast_cyclic: bool = False) -> tuple[np.ndarray, list[float], float]:
+    """Maps (N, S, S), seconds per slice (one value per call, divided by its slices), peak MB.
+
+    fast_cyclic: score (Cyclic UNet) with channels_last weights and inputs under bf16 autocast."""
     generator = torch.Generator(device=method.device).manual_seed(seed)
     parts = [batch] if not per_slice else [_take(batch, i) for i in range(len(batch))]
     maps, seconds = [], []
+    fmt = torch.channels_last if fast_cyclic else torch.contiguous_format
+    method.nets.to(memory_format=fmt)  # type: ignore[call-arg]
+    autocast = torch.autocast(method.device.type, dtype=torch.bfloat16, enabled=fast_cyclic)
     with PeakMemory(method.device) as mem:
         for part in parts:
             part = part.to(method.device)
+            part = dataclasses.replace(part, source=part.source.contiguous(memory_format=fmt))
             start = time.perf_counter()
-            out = method.score(part, generator)["anomaly_map"]
+            with autocast:
+                out = method.score(part, generator)["anomaly_map"]
             if method.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds.append((time.perf_counter() - start) / len(part))
@@ -174,16 +189,17 @@ def main() -> None:
     unknown = [k for k in keys if k not in SETTINGS]
     if unknown:
         raise SystemExit(f"unknown settings {unknown}: choose from {', '.join(SETTINGS)}")
-    if "cyclic-unet" in keys and args.cyclic is None:
-        keys.remove("cyclic-unet")
+    if args.cyclic is None:
+        keys = [k for k in keys if k not in CYCLIC]
 
     batch, _ = validation_slices(args.run, args.split, args.max_slices)
     mmccd = load_method(args.run, args.device)
     run_score = mmccd.cfg.score
-    methods = {k: mmccd for k in keys if k != "cyclic-unet"}
-    if "cyclic-unet" in keys:
-        methods["cyclic-unet"] = load_method(args.cyclic, args.device)
-    configs = {k: score_config(k, run_score) for k in keys if k != "cyclic-unet"}
+    methods = {k: mmccd for k in keys if k not in CYCLIC}
+    if args.cyclic is not None:
+        cyclic = load_method(args.cyclic, args.device)
+        methods.update({k: cyclic for k in keys if k in CYCLIC})
+    configs = {k: score_config(k, run_score) for k in keys if k not in CYCLIC}
     print(f"{len(batch)} {args.split} max-tumour slices ({', '.join(batch.subject_id)}), "
           f"{mmccd.cfg.prepare.size} px, {torch.get_num_threads()} threads, device {mmccd.device}", flush=True)
 
@@ -195,10 +211,11 @@ def main() -> None:
             if (r != 0 and not repeat) or (k == "reference" and cached is not None):
                 continue
             method = methods[k]
-            if k != "cyclic-unet":
+            if k in configs:
                 method.cfg = dataclasses.replace(method.cfg, score=configs[k])
             seed = configs[k].seed if k in configs else run_score.seed
-            maps, seconds, peak = time_scoring(method, batch, seed, per_slice=not repeat)
+            maps, seconds, peak = time_scoring(method, batch, seed, per_slice=not repeat,
+                                               fast_cyclic=k == "cyclic-unet-fast")
             if r < 0:
                 results[k]["warmup_seconds"] = sum(seconds) * len(batch)
                 continue
@@ -212,6 +229,8 @@ def main() -> None:
     elif "reference" in keys and args.reference_cache:
         _save_reference(args.reference_cache, args.run, batch, results["reference"])
 
+    ref_maps = results["reference"]["maps"] if "reference" in results else None
+    brain = batch.brain_mask[:, 0].numpy()
     rows = []
     unit = statistics.median(results["cyclic-unet"]["seconds"]) if "cyclic-unet" in results else None
     ref = statistics.median(results["reference"]["seconds"]) if "reference" in results else None
@@ -219,13 +238,15 @@ def main() -> None:
         res = results[k]
         sec = statistics.median(res["seconds"])
         method = methods[k]
-        if k != "cyclic-unet":
+        if k in configs:
             method.cfg = dataclasses.replace(method.cfg, score=configs[k])
-        evals = method.network_evaluations() if k != "cyclic-unet" else 2  # type: ignore[attr-defined]
+        evals = method.network_evaluations() if k in configs else 2  # type: ignore[attr-defined]
         rows.append({"key": k, "setting": SETTINGS[k][0], "passes_per_slice": evals, "seconds_per_slice": sec,
                      "timings": len(res["seconds"]), "earlier_run": bool(res.get("earlier_run")),
                      "x_cyclic_unet": sec / unit if unit else None, "reference_speedup": ref / sec if ref else None,
                      "peak_mb": res["peak_mb"], "warmup_seconds": res.get("warmup_seconds"),
+                     "r_reference": None if ref_maps is None else
+                     float(np.corrcoef(res["maps"][brain], ref_maps[brain])[0, 1]),
                      **metrics(res["maps"], batch),
                      "score": dataclasses.asdict(configs[k]) if k in configs else None})
     table = _markdown(rows, batch, args)
@@ -233,22 +254,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed_scoring.md").write_text(table + "\n")
     (args.out / "speed_scoring.json").write_text(json.dumps(rows, indent=2, default=str))
+    np.savez_compressed(args.out / "speed_scoring_maps.npz", **{k: results[k]["maps"] for k in keys},
+                        gt=batch.gt_mask[:, 0].numpy(), brain=brain, source=batch.source[:, 0].numpy())
 
 
 def _markdown(rows: list[dict[str, Any]], batch: SliceBatch, args: argparse.Namespace) -> str:
     lines = [f"{len(batch)} {args.split} max-tumour slices ({', '.join(batch.subject_id)}); Dice at the threshold "
              "best on these same slices (a comparison of settings, not a test result); AUROC/AUPRC pooled over "
-             f"their brain pixels. {torch.get_num_threads()} torch threads; median of the timings (n) per slice.",
+             "their brain pixels; r = Pearson correlation of the brain pixels' scores with the reference map. "
+             f"{torch.get_num_threads()} torch threads; median of the timings (n) per slice.",
              "",
-             "| setting | passes / slice | s / slice (n) | × Cyclic UNet | speed-up vs reference | peak MB | Dice | AUROC | AUPRC |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| setting | passes / slice | s / slice (n) | × Cyclic UNet | speed-up vs reference | peak MB | Dice | AUROC | "
+             "AUPRC | r (map vs reference) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         def fmt(v: float | None, spec: str) -> str:
             return "—" if v is None else format(v, spec)
         n = f"{r['timings']}{', earlier run' if r['earlier_run'] else ''}"
         lines.append(f"| {r['setting']} | {r['passes_per_slice']:,} | {r['seconds_per_slice']:.3f} ({n}) | "
                      f"{fmt(r['x_cyclic_unet'], '.1f')} | {fmt(r['reference_speedup'], ',.0f')} | {r['peak_mb']:.0f} | "
-                     f"{r['dice']:.3f} | {r['auroc']:.3f} | {r['auprc']:.3f} |")
+                     f"{r['dice']:.3f} | {r['auroc']:.3f} | {r['auprc']:.3f} | {fmt(r['r_reference'], '.3f')} |")
     return "\n".join(lines)
 
 

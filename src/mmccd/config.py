@@ -104,7 +104,7 @@ class ScoreConfig:
     mask_batch: int = 32  # masks per network call (per slice)
     slice_batch: int = 1  # slices per network call: a call holds mask_batch x slice_batch images
     channels_last: bool = False
-    amp: str = "none"  # "none" | "bf16" (CPU with avx512_bf16, or CUDA) | "fp16" (CUDA only)
+    amp: str = "none"  # "none" | "bf16" (CPU with avx512_bf16/AMX, or CUDA) | "fp16" (CUDA) | "auto" (bf16/fp16 where native)
     compile: bool = False  # torch.compile the networks (opt-in: minutes of compile time)
     seed: int = 0
     smooth_sigma: float = 0.0  # optional Gaussian smoothing of the map (px); 0 = off
@@ -256,7 +256,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
 def validate_score(sc: ScoreConfig) -> None:
     choices = {"mask_family": ("stripes", "checkerboard"), "timestep_spacing": ("leading", "trailing"),
-               "amp": ("none", "bf16", "fp16")}
+               "amp": ("none", "bf16", "fp16", "auto")}
     for key, allowed in choices.items():
         if getattr(sc, key) not in allowed:
             raise ConfigError(f"score.{key}: expected one of {', '.join(allowed)}, found '{getattr(sc, key)}'")

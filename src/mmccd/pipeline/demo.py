@@ -27,7 +27,7 @@ def run_demo(out: Path, n_cases: int = 12, methods: list[str] | tuple[str, ...] 
              iterations: int | None = None) -> dict[str, dict]:
     """Run the demo into `out`; returns {method: summary}. Writes out/summary.md."""
     out = Path(out)
-    prepare_output_dir(out, overwrite=overwrite, resume=False, marker="summary.md")
+    prepare_output_dir(out, overwrite=overwrite, resume=False, marker="phantom")  # written first: an interrupted demo is still recognised
     t0 = time.perf_counter()
     base = load_config(preset, {"device": device} if device else None)
     data_dir = out / "phantom"

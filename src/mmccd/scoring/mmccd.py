@@ -142,6 +142,17 @@ def _stream(generator: torch.Generator, seed: int, index: int) -> torch.Generato
     return torch.Generator(device=generator.device).manual_seed((z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF)
 
 
+def auto_amp(device: torch.device) -> str:
+    """score.amp "auto": bf16 where the hardware computes it natively (CUDA with bf16, CPUs with avx512_bf16
+    or AMX), fp16 on older CUDA GPUs, else none (emulated bf16 on a CPU is slower than fp32)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return "bf16" if any(f() for f in native) else "none"
+    return "none"
+
+
 @contextmanager
 def _inference_setup(method: MMCCD, sc: ScoreConfig) -> Iterator[tuple[nn.Module, Any, torch.memory_format]]:
     """Networks and context for scoring: channels_last, autocast (bf16 / fp16) and torch.compile, as configured.
@@ -156,9 +167,10 @@ def _inference_setup(method: MMCCD, sc: ScoreConfig) -> Iterator[tuple[nn.Module
     fmt = torch.channels_last if sc.channels_last else torch.contiguous_format
     if sc.channels_last:
         method.nets.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
-    if sc.amp == "fp16" and device.type != "cuda":
+    amp = auto_amp(device) if sc.amp == "auto" else sc.amp
+    if amp == "fp16" and device.type != "cuda":
         raise ConfigError("score.amp fp16 needs a CUDA device; on a CPU use bf16 (avx512_bf16 / AMX) or none")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(sc.amp)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     net = forward.net
     bwd: nn.Module = backward
