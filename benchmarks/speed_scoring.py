@@ -1,18 +1,23 @@
 """Speed vs accuracy of MMCCD scoring settings, on one trained run, in ONE process (issue 6).
 
 For the VALIDATION subjects' max-tumour slices of the run's prepared store, every setting scores the
-same slices with the same model; the table gives network passes per slice, median wall seconds per
-slice, peak memory, and Dice at the threshold that is best on these same validation slices (a
-comparison of settings, NOT a test result), AUROC and AUPRC (pooled brain pixels). Cyclic UNet
-(`--cyclic RUN`) gives the cost unit. Timings are interleaved in rounds (A B C ... A B C ...) so load
-from other processes on a shared machine hits every setting alike: compare the RATIOS, not seconds.
+same slices with the same model. The table gives network passes per slice, median wall seconds per
+slice, peak memory, Dice at the threshold that is best on these same validation slices (a comparison
+of settings, NOT a test result), AUROC and AUPRC (pooled brain pixels), and the correlation of the map
+with the reference protocol's. Cyclic UNet (`--cyclic RUN`) is the cost unit.
+
+Timing: settings marked "rounds" are timed in interleaved rounds (A B C ... A B C ...) after an untimed
+warm-up round, each measurement repeating the call until it lasts >= `--min-seconds`, so load from other
+processes on a shared machine hits every setting alike: compare the RATIOS, not the seconds. The slow
+settings (reference, ~12,900 passes per slice) are timed once per slice; `--reference-cache FILE` keeps
+the reference's maps and timings between invocations (reused rows say "earlier run").
+Memory: peak resident memory above the level before scoring, in a fresh process per setting (a process
+that already scored keeps freed memory and would under-report); settings with more than 2 DDIM steps are
+measured with 2 (each step's activations are freed before the next: the peak does not depend on steps).
 
     .venv/bin/python benchmarks/speed_scoring.py --run results/bench-cpu/runs/mmccd_flair-t2 \
-        --cyclic results/bench-cpu/runs/cyclic-unet_flair-t2 --out results/speed
-
-The reference protocol (128 stripes x 100 DDIM steps, ~12,900 passes per slice) is timed once per
-slice, not in rounds; `--reference-cache FILE` keeps its maps and timings between invocations
-(reused rows are marked "earlier run" in the table).
+        --cyclic results/bench-cpu/runs/cyclic-unet_flair-t2 --reference-cache results/speed/reference_maps.npz \
+        --out results/speed
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,14 +43,13 @@ from mmccd.data.dataset import SliceDataset
 from mmccd.data.store import PreparedStore
 from mmccd.evaluation.metrics import MapRecord, evaluate_maps
 from mmccd.evaluation.thresholds import choose_threshold
-from mmccd.pipeline.runs import load_method, read_run_info
+from mmccd.pipeline.runs import load_method, read_run_config, read_run_info
 from mmccd.scoring.base import AnomalyMethod
 
 TILE = {"num_masks": 16, "mask_batch": 16}  # 8 + 8 stripes of the training width: they tile the slice
 ONE_STEP = {**TILE, "ddim_steps": 1, "timestep_spacing": "trailing"}
-PLAIN = {"amp": "none", "channels_last": False}  # the fast preset's maps in fp32, contiguous
 
-# key -> (description, score overrides, timed in every round?). Keys starting "fast" override the fast preset,
+# key -> (description, score overrides, timed in rounds?). Keys starting "fast" override the fast preset,
 # the others the reference protocol (= the ScoreConfig defaults: fp32, contiguous, one slice per call).
 SETTINGS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "reference": ("reference: 128 stripes (1-px stride at 64 px) x 100 DDIM steps", {}, False),
@@ -77,6 +84,9 @@ OPT_IN = {"fast-compile"}  # only when named in --settings
 CYCLIC = {"cyclic-unet", "cyclic-unet-fast"}
 
 
+# ---------------------------------------------------------------- setup
+
+
 def score_config(key: str, run_score: ScoreConfig) -> ScoreConfig:
     if key == "run":
         return run_score
@@ -84,19 +94,34 @@ def score_config(key: str, run_score: ScoreConfig) -> ScoreConfig:
     return merge(base, SETTINGS[key][1], where=f"setting {key}")
 
 
-def validation_slices(run: Path, split: str, limit: int | None) -> tuple[SliceBatch, PreparedStore]:
-    from mmccd.pipeline.runs import read_run_config
-
+def validation_slices(run: Path, split: str, limit: int | None) -> SliceBatch:
     cfg = read_run_config(run)
     store = PreparedStore.open(Path(read_run_info(run)["prepared"]))
-    ids = store.splits()[split]
-    dataset = SliceDataset(store, ids, cfg.source, cfg.target, slices="max_tumour")
-    items = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
-    return collate_slices(items), store
+    dataset = SliceDataset(store, store.splits()[split], cfg.source, cfg.target, slices="max_tumour")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    return collate_slices([dataset[i] for i in range(n)])
+
+
+def load_methods(args: argparse.Namespace, keys: list[str]) -> tuple[dict[str, AnomalyMethod], dict[str, ScoreConfig]]:
+    """The method scoring each setting (MMCCD or Cyclic UNet) and each MMCCD setting's score config."""
+    mmccd = load_method(args.run, args.device)
+    methods: dict[str, AnomalyMethod] = {k: mmccd for k in keys if k not in CYCLIC}
+    if any(k in CYCLIC for k in keys):
+        cyclic = load_method(args.cyclic, args.device)
+        methods.update({k: cyclic for k in keys if k in CYCLIC})
+    return methods, {k: score_config(k, mmccd.cfg.score) for k in keys if k not in CYCLIC}
+
+
+def configure(method: AnomalyMethod, key: str, configs: dict[str, ScoreConfig]) -> None:
+    if key in configs:
+        method.cfg = dataclasses.replace(method.cfg, score=configs[key])
+
+
+# ---------------------------------------------------------------- measuring
 
 
 class PeakMemory:
-    """Peak resident memory above the level at entry (CPU: /proc/self/statm sampled every 2 ms; CUDA: allocator)."""
+    """Peak resident memory above the level at entry (CPU: /proc/self/statm every 2 ms; CUDA: the allocator)."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak_mb = device, 0.0
@@ -130,35 +155,35 @@ class PeakMemory:
         self.peak_mb = max(0.0, max(self._peak, self._rss_mb()) - self._base)
 
 
-def time_scoring(method: AnomalyMethod, batch: SliceBatch, seed: int, per_slice: bool,
-                 fast_cyclic: bool = False) -> tuple[np.ndarray, list[float], float]:
-    """Maps (N, S, S), seconds per slice (one value per call, divided by its slices), peak MB.
-
-    fast_cyclic: score (Cyclic UNet) with channels_last weights and inputs under bf16 autocast."""
-    generator = torch.Generator(device=method.device).manual_seed(seed)
-    parts = [batch] if not per_slice else [_take(batch, i) for i in range(len(batch))]
-    maps, seconds = [], []
+def score_once(method: AnomalyMethod, batch: SliceBatch, seed: int, fast_cyclic: bool = False) -> np.ndarray:
+    """Maps (N, S, S). fast_cyclic: Cyclic UNet with channels_last weights and inputs under bf16 autocast."""
     fmt = torch.channels_last if fast_cyclic else torch.contiguous_format
-    method.nets.to(memory_format=fmt)  # type: ignore[call-arg]
-    autocast = torch.autocast(method.device.type, dtype=torch.bfloat16, enabled=fast_cyclic)
-    with PeakMemory(method.device) as mem:
-        for part in parts:
-            part = part.to(method.device)
-            part = dataclasses.replace(part, source=part.source.contiguous(memory_format=fmt))
-            start = time.perf_counter()
-            with autocast:
-                out = method.score(part, generator)["anomaly_map"]
-            if method.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds.append((time.perf_counter() - start) / len(part))
-            maps.append(out.float().cpu().numpy()[:, 0])
-    return np.concatenate(maps), seconds, mem.peak_mb
+    if fast_cyclic:
+        method.nets.to(memory_format=fmt)  # type: ignore[call-arg]
+    batch = dataclasses.replace(batch, source=batch.source.contiguous(memory_format=fmt))
+    generator = torch.Generator(device=method.device).manual_seed(seed)
+    with torch.autocast(method.device.type, dtype=torch.bfloat16, enabled=fast_cyclic):
+        out = method.score(batch.to(method.device), generator)["anomaly_map"]
+    if method.device.type == "cuda":
+        torch.cuda.synchronize()
+    if fast_cyclic:
+        method.nets.to(memory_format=torch.contiguous_format)  # type: ignore[call-arg]
+    return out.float().cpu().numpy()[:, 0]
 
 
-def _take(batch: SliceBatch, i: int) -> SliceBatch:
-    return SliceBatch(source=batch.source[i:i + 1], target=batch.target[i:i + 1], brain_mask=batch.brain_mask[i:i + 1],
-                      gt_mask=None if batch.gt_mask is None else batch.gt_mask[i:i + 1],
-                      subject_id=batch.subject_id[i:i + 1], slice_index=batch.slice_index[i:i + 1])
+def timed(method: AnomalyMethod, batch: SliceBatch, seed: int, repeats: int, fast_cyclic: bool) -> tuple[np.ndarray, float]:
+    """Maps and seconds per slice, averaged over `repeats` identical calls."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        maps = score_once(method, batch, seed, fast_cyclic)
+    return maps, (time.perf_counter() - start) / repeats / len(batch)
+
+
+def take(batch: SliceBatch, i: int) -> SliceBatch:
+    s = slice(i, i + 1)
+    return SliceBatch(source=batch.source[s], target=batch.target[s], brain_mask=batch.brain_mask[s],
+                      gt_mask=None if batch.gt_mask is None else batch.gt_mask[s],
+                      subject_id=batch.subject_id[s], slice_index=batch.slice_index[s])
 
 
 def metrics(maps: np.ndarray, batch: SliceBatch) -> dict[str, float]:
@@ -170,6 +195,36 @@ def metrics(maps: np.ndarray, batch: SliceBatch) -> dict[str, float]:
             "threshold": choice.threshold}
 
 
+def child_memory(args: argparse.Namespace) -> None:
+    """--child-memory KEY: print the peak MB of scoring the slices once with KEY (run in a fresh process)."""
+    key = args.child_memory
+    batch = validation_slices(args.run, args.split, args.max_slices)
+    methods, configs = load_methods(args, [key])
+    method = methods[key]
+    if key in configs and configs[key].ddim_steps > 2:
+        configs[key] = dataclasses.replace(configs[key], ddim_steps=2)
+    configure(method, key, configs)
+    with PeakMemory(method.device) as mem:
+        score_once(method, batch, 0, fast_cyclic=key == "cyclic-unet-fast")
+    print(json.dumps({"peak_mb": mem.peak_mb}))
+
+
+def memory_in_fresh_process(args: argparse.Namespace, key: str) -> float | None:
+    cmd = [sys.executable, __file__, "--run", str(args.run), "--split", args.split, "--child-memory", key]
+    for flag, value in (("--cyclic", args.cyclic), ("--max-slices", args.max_slices), ("--threads", args.threads),
+                        ("--device", args.device)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        print(f"memory of {key} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+# ---------------------------------------------------------------- main
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="trained MMCCD run folder")
@@ -177,14 +232,19 @@ def main() -> None:
     p.add_argument("--split", default="val", help="subjects whose max-tumour slices are scored (default val)")
     p.add_argument("--max-slices", type=int, help="score only the first N slices")
     p.add_argument("--settings", help=f"comma-separated subset of: {', '.join(SETTINGS)}")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the fast settings (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="repeat a timed call until it lasts this long")
+    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", help="device (default: the run's)")
     p.add_argument("--reference-cache", type=Path, help="npz keeping the reference maps and timings between runs")
-    p.add_argument("--out", type=Path, default=Path("results/speed"), help="folder for the table (md + json)")
+    p.add_argument("--out", type=Path, default=Path("results/speed"), help="folder for the table (md, json, maps)")
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.child_memory:
+        return child_memory(args)
     keys = [k.strip() for k in args.settings.split(",")] if args.settings else [k for k in SETTINGS if k not in OPT_IN]
     unknown = [k for k in keys if k not in SETTINGS]
     if unknown:
@@ -192,89 +252,97 @@ def main() -> None:
     if args.cyclic is None:
         keys = [k for k in keys if k not in CYCLIC]
 
-    batch, _ = validation_slices(args.run, args.split, args.max_slices)
-    mmccd = load_method(args.run, args.device)
-    run_score = mmccd.cfg.score
-    methods = {k: mmccd for k in keys if k not in CYCLIC}
-    if args.cyclic is not None:
-        cyclic = load_method(args.cyclic, args.device)
-        methods.update({k: cyclic for k in keys if k in CYCLIC})
-    configs = {k: score_config(k, run_score) for k in keys if k not in CYCLIC}
-    print(f"{len(batch)} {args.split} max-tumour slices ({', '.join(batch.subject_id)}), "
-          f"{mmccd.cfg.prepare.size} px, {torch.get_num_threads()} threads, device {mmccd.device}", flush=True)
+    batch = validation_slices(args.run, args.split, args.max_slices)
+    methods, configs = load_methods(args, keys)
+    seed = {k: configs[k].seed if k in configs else 0 for k in keys}
+    print(f"{len(batch)} {args.split} max-tumour slices ({', '.join(batch.subject_id)}), {batch.source.shape[-1]} px, "
+          f"{torch.get_num_threads()} threads, device {methods[keys[0]].device}", flush=True)
 
-    results: dict[str, dict[str, Any]] = {k: {"seconds": [], "peak_mb": 0.0} for k in keys}
+    res: dict[str, dict[str, Any]] = {k: {"seconds": []} for k in keys}
     cached = _load_reference(args.reference_cache, args.run, batch) if "reference" in keys else None
-    for r in range(-1, args.rounds):  # round -1: an untimed warm-up of the settings timed in rounds
-        for k in keys:
-            repeat = SETTINGS[k][2]
-            if (r != 0 and not repeat) or (k == "reference" and cached is not None):
-                continue
-            method = methods[k]
-            if k in configs:
-                method.cfg = dataclasses.replace(method.cfg, score=configs[k])
-            seed = configs[k].seed if k in configs else run_score.seed
-            maps, seconds, peak = time_scoring(method, batch, seed, per_slice=not repeat,
-                                               fast_cyclic=k == "cyclic-unet-fast")
-            if r < 0:
-                results[k]["warmup_seconds"] = sum(seconds) * len(batch)
-                continue
-            res = results[k]
-            res["seconds"] += seconds
-            res["peak_mb"] = max(res["peak_mb"], peak)
-            res.setdefault("maps", maps)
-            print(f"round {r + 1} {k:15s} {statistics.median(seconds):9.3f} s/slice  peak +{peak:.0f} MB", flush=True)
     if cached is not None:
-        results["reference"].update(cached)
-    elif "reference" in keys and args.reference_cache:
-        _save_reference(args.reference_cache, args.run, batch, results["reference"])
-
-    ref_maps = results["reference"]["maps"] if "reference" in results else None
-    brain = batch.brain_mask[:, 0].numpy()
-    rows = []
-    unit = statistics.median(results["cyclic-unet"]["seconds"]) if "cyclic-unet" in results else None
-    ref = statistics.median(results["reference"]["seconds"]) if "reference" in results else None
+        res["reference"].update(cached)
+    # 1. the slow settings, once per slice
+    for k in [k for k in keys if not SETTINGS[k][2] and not (k == "reference" and cached is not None)]:
+        configure(methods[k], k, configs)
+        parts = [timed(methods[k], take(batch, i), seed[k], 1, False) for i in range(len(batch))]
+        res[k].update(maps=np.concatenate([m for m, _ in parts]), seconds=[s for _, s in parts])
+        print(f"once    {k:16s} {statistics.median(res[k]['seconds']):9.3f} s/slice", flush=True)
+        if k == "reference" and args.reference_cache:
+            _save_reference(args.reference_cache, args.run, batch, res[k])
+    # 2. the fast settings: warm-up (also sets the repeats per measurement), then interleaved rounds
+    fast = [k for k in keys if SETTINGS[k][2]]
+    repeats = {}
+    for k in fast:
+        configure(methods[k], k, configs)
+        res[k]["maps"], sec = timed(methods[k], batch, seed[k], 1, k == "cyclic-unet-fast")
+        res[k]["warmup_seconds"] = sec * len(batch)
+        _, sec = timed(methods[k], batch, seed[k], 1, k == "cyclic-unet-fast")
+        repeats[k] = max(1, math.ceil(args.min_seconds / (sec * len(batch))))
+    for r in range(args.rounds):
+        for k in fast:
+            configure(methods[k], k, configs)
+            _, sec = timed(methods[k], batch, seed[k], repeats[k], k == "cyclic-unet-fast")
+            res[k]["seconds"].append(sec)
+            print(f"round {r + 1} {k:16s} {sec:9.3f} s/slice (x{repeats[k]})", flush=True)
+    # 3. memory, each setting in a fresh process
     for k in keys:
-        res = results[k]
-        sec = statistics.median(res["seconds"])
-        method = methods[k]
-        if k in configs:
-            method.cfg = dataclasses.replace(method.cfg, score=configs[k])
-        evals = method.network_evaluations() if k in configs else 2  # type: ignore[attr-defined]
-        rows.append({"key": k, "setting": SETTINGS[k][0], "passes_per_slice": evals, "seconds_per_slice": sec,
-                     "timings": len(res["seconds"]), "earlier_run": bool(res.get("earlier_run")),
-                     "x_cyclic_unet": sec / unit if unit else None, "reference_speedup": ref / sec if ref else None,
-                     "peak_mb": res["peak_mb"], "warmup_seconds": res.get("warmup_seconds"),
-                     "r_reference": None if ref_maps is None else
-                     float(np.corrcoef(res["maps"][brain], ref_maps[brain])[0, 1]),
-                     **metrics(res["maps"], batch),
-                     "score": dataclasses.asdict(configs[k]) if k in configs else None})
-    table = _markdown(rows, batch, args)
+        res[k]["peak_mb"] = None if args.no_memory else memory_in_fresh_process(args, k)
+
+    rows = table_rows(keys, res, methods, configs, batch)
+    table = markdown(rows, batch, args)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed_scoring.md").write_text(table + "\n")
     (args.out / "speed_scoring.json").write_text(json.dumps(rows, indent=2, default=str))
-    np.savez_compressed(args.out / "speed_scoring_maps.npz", **{k: results[k]["maps"] for k in keys},
-                        gt=batch.gt_mask[:, 0].numpy(), brain=brain, source=batch.source[:, 0].numpy())
+    np.savez_compressed(args.out / "speed_scoring_maps.npz", **{k: res[k]["maps"] for k in keys},
+                        gt=batch.gt_mask[:, 0].numpy(), brain=batch.brain_mask[:, 0].numpy(),
+                        source=batch.source[:, 0].numpy())
 
 
-def _markdown(rows: list[dict[str, Any]], batch: SliceBatch, args: argparse.Namespace) -> str:
+def table_rows(keys: list[str], res: dict[str, dict[str, Any]], methods: dict[str, AnomalyMethod],
+               configs: dict[str, ScoreConfig], batch: SliceBatch) -> list[dict[str, Any]]:
+    brain = batch.brain_mask[:, 0].numpy()
+    ref_maps = res["reference"]["maps"] if "reference" in res else None
+    unit = statistics.median(res["cyclic-unet"]["seconds"]) if "cyclic-unet" in res else None
+    ref = statistics.median(res["reference"]["seconds"]) if "reference" in res else None
+    rows = []
+    for k in keys:
+        sec = statistics.median(res[k]["seconds"])
+        configure(methods[k], k, configs)
+        passes = methods[k].network_evaluations() if k in configs else 2  # type: ignore[attr-defined]
+        r_ref = None if ref_maps is None else float(np.corrcoef(res[k]["maps"][brain], ref_maps[brain])[0, 1])
+        rows.append({"key": k, "setting": SETTINGS[k][0], "passes_per_slice": passes, "seconds_per_slice": sec,
+                     "timings": len(res[k]["seconds"]), "earlier_run": bool(res[k].get("earlier_run")),
+                     "x_cyclic_unet": sec / unit if unit else None, "reference_speedup": ref / sec if ref else None,
+                     "peak_mb": res[k]["peak_mb"], "warmup_seconds": res[k].get("warmup_seconds"),
+                     "r_reference": r_ref, **metrics(res[k]["maps"], batch),
+                     "score": dataclasses.asdict(configs[k]) if k in configs else None})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], batch: SliceBatch, args: argparse.Namespace) -> str:
+    def fmt(v: float | None, spec: str) -> str:
+        return "—" if v is None else format(v, spec)
+
     lines = [f"{len(batch)} {args.split} max-tumour slices ({', '.join(batch.subject_id)}); Dice at the threshold "
              "best on these same slices (a comparison of settings, not a test result); AUROC/AUPRC pooled over "
              "their brain pixels; r = Pearson correlation of the brain pixels' scores with the reference map. "
-             f"{torch.get_num_threads()} torch threads; median of the timings (n) per slice.",
+             f"{torch.get_num_threads()} torch threads; s / slice = median of n timings.",
              "",
              "| setting | passes / slice | s / slice (n) | × Cyclic UNet | speed-up vs reference | peak MB | Dice | AUROC | "
-             "AUPRC | r (map vs reference) |",
+             "AUPRC | r vs reference |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        def fmt(v: float | None, spec: str) -> str:
-            return "—" if v is None else format(v, spec)
         n = f"{r['timings']}{', earlier run' if r['earlier_run'] else ''}"
         lines.append(f"| {r['setting']} | {r['passes_per_slice']:,} | {r['seconds_per_slice']:.3f} ({n}) | "
-                     f"{fmt(r['x_cyclic_unet'], '.1f')} | {fmt(r['reference_speedup'], ',.0f')} | {r['peak_mb']:.0f} | "
-                     f"{r['dice']:.3f} | {r['auroc']:.3f} | {r['auprc']:.3f} | {fmt(r['r_reference'], '.3f')} |")
+                     f"{fmt(r['x_cyclic_unet'], '.1f')} | {fmt(r['reference_speedup'], ',.0f')} | "
+                     f"{fmt(r['peak_mb'], '.0f')} | {r['dice']:.3f} | {r['auroc']:.3f} | {r['auprc']:.3f} | "
+                     f"{fmt(r['r_reference'], '.3f')} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- reference cache
 
 
 def _signature(run: Path, batch: SliceBatch) -> str:
@@ -290,12 +358,12 @@ def _load_reference(path: Path | None, run: Path, batch: SliceBatch) -> dict[str
     z = np.load(path, allow_pickle=False)
     if str(z["signature"]) != _signature(run, batch):
         return None
-    return {"maps": z["maps"], "seconds": z["seconds"].tolist(), "peak_mb": float(z["peak_mb"]), "earlier_run": True}
+    return {"maps": z["maps"], "seconds": z["seconds"].tolist(), "earlier_run": True}
 
 
 def _save_reference(path: Path, run: Path, batch: SliceBatch, res: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, maps=res["maps"], seconds=np.array(res["seconds"]), peak_mb=np.array(res["peak_mb"]),
+    np.savez_compressed(path, maps=res["maps"], seconds=np.array(res["seconds"]),
                         signature=np.array(_signature(run, batch)))
 
 
