@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
     p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
     p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
+    p.add_argument("--scoring", default="auto", metavar="PRESET",
+                   help="score settings: auto (the `fast` preset's for MMCCD, each run's own for the others; default), "
+                        "run (each run's own), or a preset such as reference or fast for every method")
     p.add_argument("--overwrite", action="store_true", help="delete the benchmark in --out (store, runs, results) and start again")
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic phantom (minutes on a CPU)",
@@ -279,6 +282,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_benchmark(args.data, args.out, preset=args.preset, methods=args.methods, pairs=args.pairs,
                       test_data=args.test_data, overwrite=args.overwrite, protocols=args.protocols,
+                      scoring=args.scoring,
                       postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component))
         print((Path(args.out) / "results.md").read_text())
         print(f"figures and per-run reports: {Path(args.out) / 'report.html'}")

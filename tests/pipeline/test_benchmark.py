@@ -146,3 +146,28 @@ def test_parse_pair():
     for bad in ("flair", "flair:flair", "t3:t2", "flair:t2:t1"):
         with pytest.raises(Exception, match="SOURCE:TARGET"):
             parse_pair(bad)
+
+
+def test_scoring_choice_is_part_of_the_evaluation_and_the_command(bench):
+    """--scoring changes what an evaluation depends on (so a cached one is not reused) and is written down."""
+    root, entries = bench
+    run = root / "out" / "runs" / "cyclic-unet_flair-t2"
+    args = (run, "max_tumour", benchmark.NO_POSTPROCESS, None, None)
+    auto, own = benchmark.evaluation_fingerprint(*args, "auto"), benchmark.evaluation_fingerprint(*args, "run")
+    assert auto == own  # auto keeps a Cyclic UNet run's own settings ...
+    assert benchmark.evaluation_fingerprint(*args, "reference") != own  # ... another preset's do not
+    cmd = benchmark.benchmark_command(root / "cases", root / "out", "cpu", ["mmccd"], ["flair:t2"], None,
+                                      benchmark.NO_POSTPROCESS, benchmark.PROTOCOLS, "reference")
+    assert cmd.endswith("--scoring reference")
+    assert "--scoring" not in benchmark.benchmark_command(root / "cases", root / "out", "cpu", ["mmccd"], ["flair:t2"],
+                                                          None, benchmark.NO_POSTPROCESS, benchmark.PROTOCOLS)
+
+
+def test_mmccd_scoring_is_described_in_words():
+    from mmccd.config import load_score_preset, to_dict
+    from mmccd.pipeline.benchmark_report import describe_scoring
+
+    assert describe_scoring("mmccd", to_dict(load_score_preset("fast"))) == \
+        "16 stripes × 1 DDIM step, trailing, composite backward"
+    assert describe_scoring("mmccd", to_dict(load_score_preset("reference"))).endswith("× 100 DDIM steps, leading")
+    assert describe_scoring("ae", to_dict(load_score_preset("fast"))) == "–"

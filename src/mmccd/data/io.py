@@ -143,16 +143,22 @@ def load_header(path: str | Path, case_id: str | None = None) -> nib.Nifti1Image
     return img
 
 
-def load_nifti(path: str | Path, case_id: str | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+def load_nifti(path: str | Path, case_id: str | None = None,
+               keep_integers: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Read a 3D NIfTI volume.
 
     Returns (data, img): data (X, Y, Z) float32 in the file's voxel order (scaling applied), img the
-    nibabel image (header + affine; its voxels are not cached). A trailing singleton 4th dimension
-    is squeezed. Raises DataError for a missing, unreadable, truncated, non-NIfTI or non-3D file."""
+    nibabel image (header + affine; its voxels are not cached). keep_integers: a file storing integers
+    without intensity scaling (label maps) is returned in its own integer type, skipping the float
+    conversion. A trailing singleton 4th dimension is squeezed. Raises DataError for a missing,
+    unreadable, truncated, non-NIfTI or non-3D file."""
     path = Path(path)
     img = load_header(path, case_id)
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"), dtype=np.float32)
+        if keep_integers and _unscaled_integers(img):
+            data = np.asarray(img.dataobj)
+        else:
+            data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"), dtype=np.float32)
     except PermissionError:
         raise DataError("cannot read the file (permission denied)", case=case_id, file=path,
                         fix="give the current user read permission (chmod a+r)") from None
@@ -162,6 +168,14 @@ def load_nifti(path: str | Path, case_id: str | None = None) -> tuple[np.ndarray
         raise DataError("the voxel data are truncated or corrupt", case=case_id, file=path,
                         found=f"{type(exc).__name__}: {exc}", fix="download or export the file again") from None
     return data.reshape(spatial_shape(data.shape)), img
+
+
+def _unscaled_integers(img: nib.Nifti1Image) -> bool:
+    """The file stores integers and applies no intensity scaling (slope 1 or unset, intercept 0 or unset)."""
+    if not np.issubdtype(img.header.get_data_dtype(), np.integer):
+        return False
+    slope, inter = img.header.get_slope_inter()
+    return slope in (None, 1.0) and inter in (None, 0.0)
 
 
 def save_nifti_like(array: np.ndarray, reference_img: nib.Nifti1Image, path: str | Path) -> None:

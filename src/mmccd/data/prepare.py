@@ -38,9 +38,12 @@ from mmccd.data.discovery import SEG, Case, find_cases
 from mmccd.data.io import load_nifti
 from mmccd.data.preprocess import (
     axial_axis,
+    bounding_box,
     brain_mask,
-    crop_resize,
-    percentile_normalise,
+    crop,
+    normalise,
+    percentile_range,
+    resize,
     square_box,
     to_slices,
 )
@@ -89,7 +92,7 @@ class PrepareSummary:
 
 def _map_labels(seg: np.ndarray) -> np.ndarray:
     """BraTS labels -> stored 0 bg, 1 necrotic, 2 oedema, 3 enhancing (2021's 4 -> 3)."""
-    out = np.rint(seg).astype(np.uint8)
+    out = seg.astype(np.uint8) if np.issubdtype(seg.dtype, np.integer) else np.rint(seg).astype(np.uint8)
     out[out == 4] = 3
     return out
 
@@ -109,7 +112,8 @@ def prepare_case(case: Case, cfg: PrepareConfig, required: Sequence[str] | None 
     arrays: dict[str, np.ndarray] = {}
     images = {}
     for key, f in files.items():
-        arrays[key], images[key] = load_nifti(f, case.case_id)
+        # integer files stay integer until cropped (float32 conversion of the kept voxels only)
+        arrays[key], images[key] = load_nifti(f, case.case_id, keep_integers=True)
     result = validate_loaded(case, images, arrays, required, require_seg=False)
     for w in result.warnings:
         log.warning("%s", w)
@@ -129,19 +133,26 @@ def prepare_case(case: Case, cfg: PrepareConfig, required: Sequence[str] | None 
     sel = select_slices(brain, seg, box[2], cfg.min_brain_fraction, cfg.train_slice_window)
     stored = np.asarray(sel.slice_indices, dtype=np.int64)
 
+    # Everything below works on the stored slices inside the box only (normalisation is elementwise,
+    # so normalising the crop equals cropping the normalised volume); the percentiles need the whole brain.
     size = cfg.size
+    brain_crop = crop(brain, box, False, stored)
+    inside = bounding_box(brain3d)  # the brain's voxels, in the same order, gathered from its box only
+    brain_inside = np.ascontiguousarray(brain3d[inside])
     out = np.full((len(stored), len(MODALITIES), size, size), -1.0, dtype=np.float32)
     percentiles: dict[str, list[float]] = {}
     for c, m in enumerate(MODALITIES):
         if m not in arrays:
             continue
-        norm, (lo, hi) = percentile_normalise(arrays.pop(m), brain3d, cfg.low_percentile, cfg.high_percentile,
-                                              cfg.normalisation, case=case.case_id, file=str(files[m]))
+        volume = arrays.pop(m)
+        lo, hi = percentile_range(volume[inside], brain_inside, cfg.low_percentile, cfg.high_percentile,
+                                  case=case.case_id, file=str(files[m]))
         percentiles[m] = [lo, hi]
-        out[:, c] = crop_resize(to_slices(norm, axis)[stored], box, size, "bilinear", fill=-1.0)
-        del norm
-    brain_c = crop_resize(brain[stored], box, size, "nearest").astype(np.uint8)
-    seg_c = None if seg is None else crop_resize(seg[stored], box, size, "nearest").astype(np.uint8)
+        norm = normalise(crop(to_slices(volume, axis), box, 0, stored), brain_crop, lo, hi, cfg.normalisation)
+        out[:, c] = resize(norm, size, "bilinear")
+        del volume, norm
+    brain_c = resize(brain_crop.astype(np.float32), size, "nearest").astype(np.uint8)
+    seg_c = None if seg is None else resize(crop(seg, box, 0, stored, np.float32), size, "nearest").astype(np.uint8)
     meta = {
         "case_id": case.case_id,
         "source_files": {k: str(v) for k, v in files.items()},

@@ -28,41 +28,116 @@ Box = tuple[int, int, int]
 
 def brain_mask(volumes: Sequence[np.ndarray]) -> np.ndarray:
     """(X, Y, Z) bool: any of `volumes` (each (X, Y, Z)) is non-zero."""
+    if all(np.issubdtype(v.dtype, np.integer) for v in volumes) and len({v.dtype for v in volumes}) == 1:
+        acc = np.array(volumes[0])  # integers: the bitwise OR is non-zero exactly where any volume is
+        for v in volumes[1:]:
+            acc |= v
+        return acc != 0
     mask = np.zeros(volumes[0].shape, dtype=bool)
     for v in volumes:
         mask |= v != 0
     return mask
 
 
-def percentile_normalise(volume: np.ndarray, brain: np.ndarray, low: float = 1.0, high: float = 99.0,
-                         mode: str = "percentile", *, case: str | None = None,
-                         file: str | None = None) -> tuple[np.ndarray, tuple[float, float]]:
-    """Map brain intensities to [-1, 1]; background (outside `brain`) is -1.
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box (one slice per axis) holding every True voxel of `mask` (all of it if none)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(None))
+    return tuple(box)
 
-    lo, hi = the `low` / `high` percentiles of volume[brain]
-    mode "percentile" (default): y = 2 (clip(x, lo, hi) - lo) / (hi - lo) - 1          (lo -> -1, hi -> +1)
-    mode "reference" (the authors' code, centred on half the range instead of the midpoint):
-                                  y = clip((x - (hi - lo)/2) / ((hi - lo)/2), -1, 1)
-    volume, brain: same shape. Returns (y float32, (lo, hi)). DataError if hi <= lo (constant brain)."""
-    values = volume[brain]
+
+def percentile_range(volume: np.ndarray, brain: np.ndarray, low: float = 1.0, high: float = 99.0, *,
+                     case: str | None = None, file: str | None = None) -> tuple[float, float]:
+    """(lo, hi): the `low` / `high` percentiles (numpy's linear method) of volume[brain].
+
+    DataError for an empty brain or hi <= lo (constant brain)."""
+    values = volume[brain]  # a copy: partitioned in place below
     if values.size == 0:
         raise DataError("no brain voxels to normalise", case=case, file=file, expected="non-zero voxels",
                         found="an empty brain mask")
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if np.issubdtype(values.dtype, np.integer) and _small_range(values):
+        lo, hi = _integer_percentiles(values, (low, high))
+    else:
+        if np.issubdtype(values.dtype, np.integer):  # the percentiles of their float32 values
+            values = values.astype(np.float32)
+        lo, hi = (float(v) for v in np.percentile(values, [low, high], overwrite_input=True))
     if not hi > lo:
         raise DataError("brain intensities have no contrast", case=case, file=file,
                         expected=f"percentile {high:g} above percentile {low:g}",
                         found=f"both {lo:g}", fix="check the image; a constant brain cannot be normalised")
-    x = volume.astype(np.float32, copy=False)
+    return lo, hi
+
+
+def _small_range(values: np.ndarray) -> bool:
+    """Integers in 0 .. 65535: counted (percentiles) or looked up (normalisation) instead of sorted/computed."""
+    return values.size > 0 and int(values.min()) >= 0 and int(values.max()) < 2**16
+
+
+def _integer_percentiles(values: np.ndarray, percents: Sequence[float]) -> list[float]:
+    """np.percentile(values.astype(float32), percents) (linear method), exactly, from a histogram of the
+    integers (no sort): the order statistics at floor/ceil of the virtual index q (n - 1), then numpy's
+    linear interpolation in the same dtypes. tests/data/test_preprocess.py checks equality with numpy."""
+    cum = np.cumsum(np.bincount(values.ravel()))
+    n = int(values.size)
+    out = []
+    for p in percents:
+        q = np.float64(p) / 100
+        virtual = (n - 1) * q  # numpy's "linear" virtual index
+        prev = int(np.clip(np.floor(virtual), 0, n - 1))
+        nxt = min(prev + 1, n - 1) if virtual < n - 1 else prev
+        a = np.array([np.searchsorted(cum, prev, side="right")], np.float32)
+        b = np.array([np.searchsorted(cum, nxt, side="right")], np.float32)
+        t = np.array([virtual - np.floor(virtual) if 0 <= virtual < n - 1 else 0.0], np.float64)
+        diff = b - a
+        r = a + diff * t
+        np.subtract(b, diff * (1 - t), out=r, where=t >= 0.5)
+        out.append(float(r[0]))
+    return out
+
+
+def normalise(x: np.ndarray, brain: np.ndarray, lo: float, hi: float, mode: str = "percentile") -> np.ndarray:
+    """Map intensities with the range (lo, hi) to [-1, 1]; -1 outside `brain` (same shape as x). float32.
+
+    mode "percentile" (default): y = 2 (clip(x, lo, hi) - lo) / (hi - lo) - 1          (lo -> -1, hi -> +1)
+    mode "reference" (the authors' code, centred on half the range instead of the midpoint):
+                                  y = clip((x - (hi - lo)/2) / ((hi - lo)/2), -1, 1)
+    Elementwise, so normalising a crop equals cropping the normalised volume. Integer images are mapped
+    through a table of the same float32 arithmetic on every value 0 .. max (identical result, one pass)."""
+    if np.issubdtype(x.dtype, np.integer) and x.size > 2**16 and _small_range(x):
+        values = np.arange(int(x.max()) + 1, dtype=np.float32)
+        table = normalise(values, np.ones(values.shape, bool), lo, hi, mode)
+        y = table[x]
+        y[~np.asarray(brain, dtype=bool)] = -1.0
+        return y
+    y = np.array(x, dtype=np.float32)  # a fresh float32 copy, then in place (same float32 arithmetic)
     if mode == "percentile":
-        y = 2.0 * (np.clip(x, lo, hi) - lo) / (hi - lo) - 1.0
+        np.clip(y, lo, hi, out=y)
+        y -= lo
+        y *= 2.0
+        y /= hi - lo
+        y -= 1.0
     elif mode == "reference":
         half = (hi - lo) / 2.0
-        y = np.clip((x - half) / half, -1.0, 1.0)
+        y -= half
+        y /= half
+        np.clip(y, -1.0, 1.0, out=y)
     else:
         raise ValueError(f"normalisation mode must be 'percentile' or 'reference', not {mode!r}")
-    y = np.where(brain, y, -1.0).astype(np.float32)
-    return y, (lo, hi)
+    y[~np.asarray(brain, dtype=bool)] = -1.0
+    return y
+
+
+def percentile_normalise(volume: np.ndarray, brain: np.ndarray, low: float = 1.0, high: float = 99.0,
+                         mode: str = "percentile", *, case: str | None = None,
+                         file: str | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Map brain intensities to [-1, 1]; background (outside `brain`) is -1: `percentile_range` then
+    `normalise`. volume, brain: same shape. Returns (y float32, (lo, hi))."""
+    if mode not in ("percentile", "reference"):
+        raise ValueError(f"normalisation mode must be 'percentile' or 'reference', not {mode!r}")
+    lo, hi = percentile_range(volume, brain, low, high, case=case, file=file)
+    return normalise(volume, brain, lo, hi, mode), (lo, hi)
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -94,15 +169,18 @@ def square_box(brain_slices: np.ndarray, margin: int = 4) -> Box:
     return (r0, c0, side)
 
 
-def _crop(slices: np.ndarray, box: Box, fill: float) -> np.ndarray:
-    """(n, H, W) -> (n, side, side), `fill` outside the grid."""
+def crop(slices: np.ndarray, box: Box, fill: float = 0, index: np.ndarray | None = None,
+         dtype: np.dtype | type | None = None) -> np.ndarray:
+    """(N, H, W) -> (n, side, side): the square `box` of the slices `index` (default all), `fill` outside
+    the grid. Reads only the box (views such as `to_slices` are not copied whole)."""
     r0, c0, side = box
-    n, h, w = slices.shape
-    out = np.full((n, side, side), fill, dtype=slices.dtype)
+    _, h, w = slices.shape
+    index = np.arange(slices.shape[0]) if index is None else np.asarray(index)
+    out = np.full((len(index), side, side), fill, dtype=dtype or slices.dtype)
     rs, re = max(r0, 0), min(r0 + side, h)
     cs, ce = max(c0, 0), min(c0 + side, w)
-    if rs < re and cs < ce:
-        out[:, rs - r0:re - r0, cs - c0:ce - c0] = slices[:, rs:re, cs:ce]
+    if rs < re and cs < ce and len(index):
+        out[:, rs - r0:re - r0, cs - c0:ce - c0] = slices[index, rs:re, cs:ce]
     return out
 
 
@@ -123,10 +201,14 @@ def crop_resize(slices: np.ndarray, box: Box, size: int, mode: str = "bilinear",
     """Crop (n, H, W) slices to the square `box` (padding with `fill`) and resize to (n, size, size) float32.
 
     mode "bilinear" for intensities (antialiased when shrinking), "nearest" for masks and labels."""
-    crop = _crop(np.asarray(slices, dtype=np.float32), box, fill)
-    if crop.shape[0] == 0:
+    return resize(crop(np.asarray(slices), box, fill, dtype=np.float32), size, mode)
+
+
+def resize(crops: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
+    """(n, side, side) float32 crops -> (n, size, size) float32 (see `crop_resize`)."""
+    if crops.shape[0] == 0:
         return np.zeros((0, size, size), np.float32)
-    return _resize(torch.from_numpy(crop), size, mode).numpy()
+    return _resize(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)), size, mode).numpy()
 
 
 def uncrop(maps: np.ndarray, box: Box | Sequence[int], in_plane_shape: tuple[int, int]) -> np.ndarray:

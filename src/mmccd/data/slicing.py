@@ -38,11 +38,11 @@ def select_slices(brain: np.ndarray, seg: np.ndarray | None, box_side: int, min_
                   train_slice_window: tuple[int, int] | None = None) -> SliceSelection:
     """brain: (N, H, W) bool axial slices of the whole volume; seg: (N, H, W) labels or None;
     box_side: side of the square crop box in voxels."""
-    brain_count = brain.reshape(brain.shape[0], -1).sum(axis=1)
+    brain_count = np.count_nonzero(brain, axis=(1, 2))  # no copy of a transposed view
     stored = np.flatnonzero(brain_count > 0)
     fraction = brain_count[stored] / float(box_side * box_side)
     if seg is not None:
-        tumour = (seg.reshape(seg.shape[0], -1) > 0).sum(axis=1)[stored]
+        tumour = np.count_nonzero(seg > 0, axis=(1, 2))[stored]
     else:
         tumour = np.zeros(len(stored), dtype=np.int64)
     enough = fraction >= min_brain_fraction

@@ -131,9 +131,9 @@ def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[st
     errors = []
     for key, data in arrays.items():
         f = files[key]
-        finite = np.isfinite(data)
-        if not finite.all():
-            n = int(data.size - np.count_nonzero(finite))
+        lo, hi = float(data.min()), float(data.max())  # NaN and +-inf propagate: one pass each
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            n = int(data.size - np.count_nonzero(np.isfinite(data)))
             errors.append(DataError(f"the {key} volume holds NaN or infinite values", case=case.case_id, file=f,
                                     expected="finite intensities", found=f"{n} non-finite voxel(s)",
                                     fix="fix or re-export the image"))
@@ -141,7 +141,6 @@ def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[st
         if key == SEG:
             errors += _check_labels(case, data, f)
             continue
-        lo, hi = float(data.min()), float(data.max())
         if lo == hi == 0:
             errors.append(DataError(f"the {key} volume is empty", case=case.case_id, file=f,
                                     expected="a skull-stripped brain (non-zero voxels)", found="all voxels 0"))
@@ -153,7 +152,10 @@ def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[st
 
 def _check_labels(case: Case, seg: np.ndarray, f: Path) -> list[DataError]:
     allowed = allowed_labels(case.naming)
-    values = np.unique(seg)
+    labelled = seg[seg != 0]  # tumour voxels are few: sort only those
+    values = np.unique(labelled)
+    if labelled.size < seg.size:
+        values = np.concatenate([np.zeros(1, values.dtype), values])
     if not np.all(values == np.round(values)):
         frac = [float(v) for v in values if v != np.round(v)][:5]
         return [DataError("the segmentation holds non-integer values", case=case.case_id, file=f,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmccd.config import MODALITIES, ExperimentConfig, PrepareConfig, load_config, to_dict
+from mmccd.config import MODALITIES, ExperimentConfig, PrepareConfig, load_config, to_dict, with_scoring
 from mmccd.data.io import atomic_write_text
 from mmccd.data.prepare import PrepareSummary, prepare_dataset
 from mmccd.data.store import PREPARE_JSON, SPLITS_JSON, PreparedStore
@@ -62,7 +62,8 @@ def run_name(method: str, source: str, target: str) -> str:
 
 
 def benchmark_command(data: Path, out: Path, preset: str | Path, methods: Sequence[str], pairs: Sequence[str],
-                      test_data: Path | None, postprocess: PostProcess, protocols: Sequence[str]) -> str:
+                      test_data: Path | None, postprocess: PostProcess, protocols: Sequence[str],
+                      scoring: str = "auto") -> str:
     """The `mmccd benchmark` command line that reproduces these results (written into results.md)."""
     parts = ["mmccd", "benchmark", "--data", str(data), "--preset", str(preset), "--out", str(out),
              "--methods", *methods, "--pairs", *pairs]
@@ -74,6 +75,8 @@ def benchmark_command(data: Path, out: Path, preset: str | Path, methods: Sequen
             parts += [flag, str(value)]
     if tuple(protocols) != PROTOCOLS:
         parts += ["--protocols", *protocols]
+    if scoring != "auto":
+        parts += ["--scoring", str(scoring)]
     return shlex.join(parts)
 
 
@@ -81,7 +84,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                   methods: Sequence[str] = DEFAULT_METHODS, pairs: Sequence[str] = DEFAULT_PAIRS,
                   test_data: str | Path | None = None, postprocess: PostProcess = NO_POSTPROCESS,
                   overwrite: bool = False, protocols: Sequence[str] = PROTOCOLS,
-                  device: str | None = None) -> list[dict[str, Any]]:
+                  device: str | None = None, scoring: str = "auto") -> list[dict[str, Any]]:
     """Prepare (or reuse), train (or reuse), evaluate every method on every pair; write the results in `out`.
 
     pairs:     "source:target" contrast pairs, e.g. ("flair:t2", "t1:t2")
@@ -89,6 +92,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                with the threshold chosen on the training data's validation subjects
     protocols: "max_tumour" (one slice per subject, the reference) and/or "all" (whole volumes)
     device:    for scoring only (training uses the preset's, so runs stay resumable)
+    scoring:   the score settings: "auto" (the `fast` preset's for MMCCD, each run's own for the others),
+               "run" (each run's own), or a preset name/YAML whose `score` section is used for every method
     Returns one entry per method, pair and test set (the rows of results.json)."""
     t0 = time.perf_counter()
     data, out = Path(data), Path(out)
@@ -98,8 +103,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
         raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
-    for m in methods:
-        build_method(load_config(preset, {"method": m}))  # an unknown method fails now, not after hours
+    for m in methods:  # an unknown method or scoring preset fails now, not after hours
+        build_method(with_scoring(load_config(preset, {"method": m}), scoring))
     _prepare_out(out, overwrite)
 
     base = load_config(preset)
@@ -131,7 +136,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
             log.info("benchmark: %s %s -> %s", method, source, target)
             ensure_trained(out / "prepared", run, cfg, reuse)
             for label, t_store, t_ids in test_sets:
-                evals = {slices: evaluate_protocol(run, slices, postprocess, t_store, t_ids, device)
+                evals = {slices: evaluate_protocol(run, slices, postprocess, t_store, t_ids, device, scoring)
                          for slices in protocols}
                 evaluations[(run.name, label)] = evals
                 entries.append(make_entry(cfg, run, out, label, evals, training_time(run, reuse)))
@@ -139,8 +144,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     entries.sort(key=lambda e: (order[(e["method"], (e["source"], e["target"]))], e["test_set"] != INTERNAL))
     meta = {
         "command": benchmark_command(data, out, preset, methods, [f"{s}:{t}" for s, t in pair_list], test_data,
-                                     postprocess, protocols),
-        "preset": str(preset), "config": to_dict(base), "data": str(data), "protocols": list(protocols),
+                                     postprocess, protocols, scoring),
+        "preset": str(preset), "scoring": scoring, "config": to_dict(base), "data": str(data), "protocols": list(protocols),
         "splits": {k: splits[k] for k in ("train", "val", "test")}, "split_seed": splits.get("seed"),
         "n_prepared": len(prepared.prepared) + len(prepared.reused), "skipped": prepared.skipped,
         "pairs": [list(p) for p in pair_list], "methods": methods, "postprocess": postprocess.describe(),
@@ -222,9 +227,9 @@ def training_time(run: Path, reuse: Path | None) -> dict[str, Any]:
 
 
 def evaluation_fingerprint(run: Path, slices: str, postprocess: PostProcess, test_store: Path | None,
-                           test_ids: list[str] | None) -> str:
+                           test_ids: list[str] | None, scoring: str | None = "auto") -> str:
     """What an evaluation depends on: weights, scoring and evaluation settings, the subjects."""
-    cfg = read_run_config(run)
+    cfg = with_scoring(read_run_config(run), scoring)
     store = PreparedStore.open(Path(read_run_info(run)["prepared"]))
     splits = store.splits()
     return json.dumps({"checkpoints": _checkpoint_signature(run), "score": to_dict(cfg.score),
@@ -234,13 +239,14 @@ def evaluation_fingerprint(run: Path, slices: str, postprocess: PostProcess, tes
 
 
 def evaluate_protocol(run: Path, slices: str, postprocess: PostProcess, test_store: Path | None = None,
-                      test_ids: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
+                      test_ids: list[str] | None = None, device: str | None = None,
+                      scoring: str | None = "auto") -> dict[str, Any]:
     """Evaluate `run` with one slice protocol into RUN/eval-[test-data-]<slices>/, or read it back.
 
     Returns {"summary": evaluate_run's summary, "per_subject": [{subject_id, dice, ...}],
     "curve": {"threshold", "val_dice", "test_dice"} lists, "folder"}."""
     folder = run / (f"eval-{slices}" if test_store is None else f"eval-test-data-{slices}")
-    fingerprint = evaluation_fingerprint(run, slices, postprocess, test_store, test_ids)
+    fingerprint = evaluation_fingerprint(run, slices, postprocess, test_store, test_ids, scoring)
     done = folder / "benchmark.json"
     if done.exists():
         previous = json.loads(done.read_text())
@@ -248,7 +254,7 @@ def evaluate_protocol(run: Path, slices: str, postprocess: PostProcess, test_sto
             log.info("benchmark: %s is evaluated; reusing it", folder)
             return previous
     summary = evaluate_run(run, slices=slices, device=device, postprocess=postprocess, out_dir=folder,
-                           test_store=test_store, test_ids=test_ids)
+                           test_store=test_store, test_ids=test_ids, scoring=scoring)
     metrics = json.loads((folder / "metrics.json").read_text())
     lines = (folder / "dice_curve.csv").read_text().splitlines()
     columns = list(zip(*(map(float, line.split(",")) for line in lines[1:]), strict=True))

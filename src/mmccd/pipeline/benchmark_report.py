@@ -86,6 +86,8 @@ def make_entry(cfg: ExperimentConfig, run: Path, out: Path, test_set: str, evals
         "n_val_subjects": mt.get("n_val_subjects", vol.get("n_val_subjects")),
         "n_train_subjects": len(run_info.get("train_subjects", [])), "n_train_slices": run_info.get("train_slices"),
         **train, "postprocess": mt.get("postprocess", vol.get("postprocess")),
+        "scoring": describe_scoring(cfg.method, mt.get("score_config") or vol.get("score_config")),
+        "score_config": mt.get("score_config") or vol.get("score_config"),
         "protocols": {slices: {k: e["summary"][k] for k in _LEVEL_KEYS if k in e["summary"]} for slices, e in evals.items()},
         "per_subject_dice": {slices: {r["subject_id"]: r["dice"] for r in e["per_subject"]} for slices, e in evals.items()},
         "reports": {slices: str((Path(e["folder"]) / "report.html").relative_to(out)) for slices, e in evals.items()},
@@ -93,6 +95,21 @@ def make_entry(cfg: ExperimentConfig, run: Path, out: Path, test_set: str, evals
     if entry["seconds_per_slice"] is None:
         entry["seconds_per_slice"] = entry["seconds_per_slice_volume"]
     return to_jsonable(entry)
+
+
+def describe_scoring(method: str, score: Mapping[str, Any] | None) -> str:
+    """How the maps were scored, in words (the settings that change an MMCCD map; "–" for other methods)."""
+    if method != "mmccd" or not score:
+        return "–"
+    masks = (f"{score['num_masks']} {score.get('mask_family', 'stripes')}" if score["num_masks"]
+             else f"stripes every {score['mask_stride']} px")
+    if score.get("stripes_per_mask", 1) > 1:
+        masks += f" ({score['stripes_per_mask']} stripes each)"
+    text = f"{masks} × {score['ddim_steps']} DDIM step{'s' if score['ddim_steps'] != 1 else ''}, " \
+           f"{score.get('timestep_spacing', 'leading')}"
+    if score.get("composite"):
+        text += ", composite backward"
+    return text
 
 
 def _protocol_keys(s: Mapping[str, Any], suffix: str) -> dict[str, Any]:
@@ -194,8 +211,10 @@ def protocol_statement(meta: Mapping[str, Any], entries: Sequence[Mapping[str, A
         + "; no segmentation is used for training.",
         f"Contrasts (source→target): {pairs}. Training needs both; scoring uses the source only.",
         f"Preset `{meta['preset']}`: slices {cfg['prepare']['size']}×{cfg['prepare']['size']} px, "
-        f"{cfg['train']['iterations']} iterations at batch {cfg['train']['batch_size']} per network; MMCCD scoring "
-        f"{cfg['score']['num_masks']} masks × {cfg['score']['ddim_steps']} DDIM steps.",
+        f"{cfg['train']['iterations']} iterations at batch {cfg['train']['batch_size']} per network"
+        + next((f"; MMCCD scoring: {e['scoring']} (`--scoring {meta.get('scoring', 'auto')}`)"
+                for e in entries if e["method"] == "mmccd"), "")
+        + ".",
         f"Threshold: for each method, pair and protocol, the candidate with the best mean subject Dice on the "
         f"VALIDATION subjects, among up to {n_cand} candidates at quantiles of the validation brain scores from "
         f"the {100 * lo:g}th to the {100 * hi:g}th percentile (log-spaced toward the top); each row's numeric range "
