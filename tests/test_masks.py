@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmccd.errors import ConfigError
 from mmccd.masks import (
     checkerboard_masks,
     coverage,
@@ -60,11 +61,11 @@ def test_ensemble_num_masks():
     assert [_stripe_of(m)[1] for m in eight[:8]] == [0, 16, 32, 48, 64, 80, 96, 112]
     ten = stripe_ensemble(128, 16, 2, num_masks=20)
     assert coverage(ten).min() >= 2 and all(_stripe_of(m)[1] % 2 == 0 for m in ten)
-    with pytest.raises(ValueError, match="uncovered"):
+    with pytest.raises(ConfigError, match="uncovered"):
         stripe_ensemble(128, 16, 2, num_masks=8)
-    with pytest.raises(ValueError, match="uncovered"):
+    with pytest.raises(ConfigError, match="uncovered"):
         stripe_ensemble(128, 16, 32)
-    with pytest.raises(ValueError, match="multiple"):
+    with pytest.raises(ConfigError, match="multiple"):
         stripe_ensemble(128, 16, 2, num_masks=7)
     vert = stripe_ensemble(32, 4, 2, directions=("vertical",))
     assert vert.shape[0] == 16 and all(_stripe_of(m)[0] == "vertical" for m in vert)
@@ -75,7 +76,7 @@ def test_reference_scaled_to_64_px_uses_the_1px_grid():
     assert torch.equal(masks, stripe_ensemble(64, 8, 1))
     per_dir = torch.tensor([sum(1 for s in range(64) if s <= p <= s + 7) for p in range(64)])
     assert torch.equal(coverage(masks), per_dir[:, None] + per_dir[None, :]) and per_dir[32] == 8
-    with pytest.raises(ValueError, match="distinct"):
+    with pytest.raises(ConfigError, match="distinct"):
         stripe_ensemble(64, 8, 1, num_masks=130)
 
 
@@ -87,13 +88,13 @@ def test_merged_stripes_and_checkerboards_keep_coverage():
     pairs = merge_stripes(tiles, 2)
     # mask 0 hides vertical stripes 0 and 4: columns 0-7 and 32-39
     assert (pairs[0, 0, 0] == 0).nonzero().flatten().tolist() == list(range(8)) + list(range(32, 40))
-    with pytest.raises(ValueError, match="divide"):
+    with pytest.raises(ConfigError, match="divide"):
         merge_stripes(tiles, 3)
     board = checkerboard_masks(64, 8)
     assert torch.equal(coverage(board), torch.ones(64, 64, dtype=torch.long)) and board[0, 0, 0, 0] == 0  # the first hides the top-left square
     assert torch.equal(mask_ensemble(64, 8, "checkerboard"), board)
     assert torch.equal(mask_ensemble(64, 8, "stripes", num_masks=16, stripes_per_mask=2), pairs)
-    with pytest.raises(ValueError, match="family"):
+    with pytest.raises(ConfigError, match="family"):
         mask_ensemble(64, 8, "circles")
 
 

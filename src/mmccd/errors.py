@@ -9,8 +9,8 @@ class MmccdError(Exception):
     """Base class: every expected failure the CLI reports without a traceback."""
 
 
-class ConfigError(MmccdError):
-    """A config key, value or file that is wrong."""
+class ConfigError(MmccdError, ValueError):
+    """A config key, value or file that is wrong (also a ValueError, for callers of the Python API)."""
 
 
 class DataError(MmccdError):

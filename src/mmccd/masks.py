@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mmccd.errors import ConfigError
+
 DIRECTIONS = ("vertical", "horizontal")
 
 
@@ -71,18 +73,18 @@ def stripe_ensemble(size: int, width: int, stride: int, num_masks: int | None = 
     """
     for d in directions:
         if d not in DIRECTIONS:
-            raise ValueError(f"unknown stripe direction '{d}': expected one of {DIRECTIONS}")
+            raise ConfigError(f"unknown stripe direction '{d}': expected one of {DIRECTIONS}")
     if num_masks is None:
         if stride < 1:
-            raise ValueError(f"stride must be >= 1, found {stride}")
+            raise ConfigError(f"stride must be >= 1, found {stride}")
         starts = list(range(0, size, stride))
     else:
         k, rest = divmod(num_masks, len(directions))
         if rest or k < 1:
-            raise ValueError(f"num_masks={num_masks} must be a positive multiple of {len(directions)} "
+            raise ConfigError(f"num_masks={num_masks} must be a positive multiple of {len(directions)} "
                              f"(one set of stripes per direction {tuple(directions)})")
         if k > size:
-            raise ValueError(f"num_masks={num_masks} is more than the {size} distinct stripe starts per "
+            raise ConfigError(f"num_masks={num_masks} is more than the {size} distinct stripe starts per "
                              f"direction at {size} px")
         even = k <= (size + 1) // 2
         starts = [2 * ((i * size) // (2 * k)) if even else (i * size) // k for i in range(k)]
@@ -91,7 +93,7 @@ def stripe_ensemble(size: int, width: int, stride: int, num_masks: int | None = 
                                      width) for d in directions])
     if (coverage(masks) == 0).any():
         need = len(directions) * -(-size // width)
-        raise ValueError(f"stripes of width {width} with starts {starts[:4]}... leave pixels uncovered at "
+        raise ConfigError(f"stripes of width {width} with starts {starts[:4]}... leave pixels uncovered at "
                          f"{size} px: use at least num_masks={need} or a stride <= {width}")
     return masks
 
@@ -106,7 +108,7 @@ def merge_stripes(masks: Tensor, stripes_per_mask: int, directions: int = 2) -> 
     k = stripes_per_mask
     n = masks.shape[0] // directions
     if k < 1 or masks.shape[0] % directions or n % k:
-        raise ValueError(f"stripes_per_mask={k} must divide the {n} stripes per direction")
+        raise ConfigError(f"stripes_per_mask={k} must divide the {n} stripes per direction")
     hidden = (masks == 0).reshape(directions, k, n // k, *masks.shape[1:])  # stripe j + l*n/k at [:, l, j]
     return (~hidden.any(1)).float().reshape(-1, *masks.shape[1:])
 
@@ -114,7 +116,7 @@ def merge_stripes(masks: Tensor, stripes_per_mask: int, directions: int = 2) -> 
 def checkerboard_masks(size: int, block: int) -> Tensor:
     """Two complementary checkerboards of `block`-px squares (2, 1, S, S): every pixel hidden once."""
     if block < 1:
-        raise ValueError(f"checkerboard block must be >= 1 px, found {block}")
+        raise ConfigError(f"checkerboard block must be >= 1 px, found {block}")
     idx = torch.arange(size) // block
     black = (idx[:, None] + idx[None, :]) % 2 == 0
     return torch.stack([(~black).float(), black.float()])[:, None]
@@ -133,7 +135,7 @@ def mask_ensemble(size: int, width: int, family: str = "stripes", stride: int = 
         return merge_stripes(masks, stripes_per_mask, len(directions)) if stripes_per_mask > 1 else masks
     if family == "checkerboard":
         return checkerboard_masks(size, width)
-    raise ValueError(f"unknown mask family '{family}': expected 'stripes' or 'checkerboard'")
+    raise ConfigError(f"unknown mask family '{family}': expected 'stripes' or 'checkerboard'")
 
 
 def make_condition(source: Tensor, mask: Tensor, noise: Tensor) -> Tensor:

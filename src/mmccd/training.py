@@ -316,8 +316,10 @@ def train_network(
 @torch.no_grad()
 def _ema_update(ema: nn.Module, net: nn.Module, decay: float, step: int, warmup: bool) -> None:
     d = min(decay, (1 + step) / (10 + step)) if warmup else decay
-    for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
-        pe.lerp_(pn.detach(), 1 - d)
+    ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
+    if len(ema_params) != len(net_params):
+        raise ValueError("the EMA model and the network have different parameters")
+    torch._foreach_lerp_(ema_params, net_params, 1 - d)  # one fused call (what torch.optim's EMA helpers use)
     for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
         be.copy_(bn)
 
