@@ -53,9 +53,11 @@ class Detector:
         self.method = train_run(prepared, self.run_dir, self.cfg, overwrite=overwrite, resume=resume)
         return self
 
-    def evaluate(self, postprocess: PostProcess | None = None) -> dict[str, Any]:
-        """Validation threshold, test metrics and report (see `mmccd evaluate`)."""
-        return evaluate_run(getattr(self, "_run", self.run_dir), postprocess=postprocess, method=self.method)
+    def evaluate(self, postprocess: PostProcess | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Validation threshold, test metrics and report (see `mmccd evaluate`); overwrite: replace an
+        evaluation made with other settings."""
+        return evaluate_run(getattr(self, "_run", self.run_dir), postprocess=postprocess, method=self.method,
+                            overwrite=overwrite)
 
     def score(self, case: str | Path) -> VolumeScore:
         """Anomaly map of a case folder or a single NIfTI of the source contrast, on its voxel grid."""

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
     p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
     p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
+    p.add_argument("--out", type=Path, help="folder for metrics.json, the CSVs, figures/ and report.html (default: the run; "
+                   "`mmccd score` takes its threshold from the run's metrics.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other settings")
 
     p = sub.add_parser("score", help="anomaly maps for new cases, written as NIfTI",
                        description="Score every axial slice with brain of a case folder (or a single NIfTI of the "
@@ -259,9 +262,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         summary = evaluate_run(args.run, slices=args.slices, device=args.device,
                                postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component),
-                               scoring=args.scoring)
+                               scoring=args.scoring, out_dir=args.out, overwrite=args.overwrite)
         _print_summary(summary)
-        print(f"report: {Path(args.run) / 'report.html'}")
+        print(f"report: {Path(args.out or args.run) / 'report.html'}")
         return 0
     if args.command == "score":
         from mmccd.pipeline.score import score_cases

@@ -237,6 +237,20 @@ def test_score_a_case_without_the_runs_source_contrast(run_cli, runs, one_case, 
     assert not list((tmp_path / "maps").glob("*.nii.gz"))
 
 
+def test_score_needs_only_the_source_a_broken_other_contrast_is_a_warning(run_cli, runs, one_case, tmp_path, caplog):
+    data, case = one_case
+    t2 = image(case, "t2")
+    t2.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2])  # truncated: unreadable voxels
+    result = run_cli("score", "--run", runs["cyclic-unet"], "--case", case, "--out", tmp_path / "maps")
+    assert result.code == 0, result
+    warning = [s for s in caplog.text.splitlines() if "scoring Phantom_00000 from its flair image alone" in s]
+    assert len(warning) == 1 and str(t2) in warning[0] and "truncated or corrupt" in warning[0]
+    assert (tmp_path / "maps" / "Phantom_00000_anomaly.nii.gz").exists()
+    image(case, "flair").write_bytes(b"not a NIfTI file")  # the source itself broken: skipped, with its name
+    result = run_cli("score", "--run", runs["cyclic-unet"], "--case", case, "--out", tmp_path / "maps2")
+    assert result.code == 1 and "Phantom_00000_flair.nii.gz" in result.err
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -409,3 +423,19 @@ def test_a_store_whose_cases_were_all_bad_can_be_fixed_and_resumed(prepare, one_
     shutil.copyfile(image(phantom / "Phantom_00000", "t2"), image(case, "t2"))
     result = prepare(data)
     assert result.code == 0 and "prepared 1 case(s)" in result.out, result
+
+
+def test_evaluate_does_not_silently_replace_an_evaluation_with_other_settings(run_cli, run_copy, tmp_path):
+    run = run_copy("cyclic-unet")
+    assert run_cli("evaluate", "--run", run).code == 0
+    first = (run / "metrics.json").read_text()
+    assert run_cli("evaluate", "--run", run).code == 0  # the same settings: evaluated again, same numbers
+    assert json.loads((run / "metrics.json").read_text())["threshold"] == json.loads(first)["threshold"]
+    line = one_error_line(run_cli("evaluate", "--run", run, "--median", "3"))
+    for f in (str(run / "metrics.json"), "other settings", "postprocess", "--overwrite", "--out"):
+        assert f in line, line
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(first)  # nothing lost
+    assert run_cli("evaluate", "--run", run, "--median", "3", "--out", tmp_path / "median3").code == 0
+    assert json.loads((tmp_path / "median3" / "metrics.json").read_text())["postprocess"] != json.loads(first)["postprocess"]
+    assert run_cli("evaluate", "--run", run, "--median", "3", "--overwrite").code == 0
+    assert json.loads((run / "metrics.json").read_text())["postprocess"] != json.loads(first)["postprocess"]

@@ -254,7 +254,7 @@ def evaluate_protocol(run: Path, slices: str, postprocess: PostProcess, test_sto
             log.info("benchmark: %s is evaluated; reusing it", folder)
             return previous
     summary = evaluate_run(run, slices=slices, device=device, postprocess=postprocess, out_dir=folder,
-                           test_store=test_store, test_ids=test_ids, scoring=scoring)
+                           test_store=test_store, test_ids=test_ids, scoring=scoring, overwrite=True)
     metrics = json.loads((folder / "metrics.json").read_text())
     lines = (folder / "dice_curve.csv").read_text().splitlines()
     columns = list(zip(*(map(float, line.split(",")) for line in lines[1:]), strict=True))

@@ -20,7 +20,7 @@ from typing import Any
 from mmccd.config import to_dict, with_scoring
 from mmccd.data.io import atomic_write_text
 from mmccd.data.store import PreparedStore
-from mmccd.errors import DataError
+from mmccd.errors import DataError, OutputExistsError
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import (
@@ -40,10 +40,13 @@ from mmccd.scoring.base import AnomalyMethod
 def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = None,
                  postprocess: PostProcess | None = None, method: AnomalyMethod | None = None, *,
                  out_dir: Path | None = None, test_store: Path | None = None,
-                 test_ids: list[str] | None = None, scoring: str | None = None) -> dict[str, Any]:
+                 test_ids: list[str] | None = None, scoring: str | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Run the protocol on a trained run and write its report. Returns the summary dict.
 
     scoring:    a preset whose `score` section replaces the run's (e.g. "fast", "reference"); None = the run's
+    overwrite:  replace an evaluation in `out_dir` made with other settings (slices, scoring, post-processing);
+                without it that is an OutputExistsError (the same settings are simply evaluated again)
 
     out_dir:    where metrics.json, the CSVs, dice_curve.csv, figures/ and report.html go (default: the run)
     test_store: another prepared store whose subjects `test_ids` (default: its split "test") are the test
@@ -56,6 +59,9 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
     info = read_run_info(run_dir)
     slices = slices or cfg.eval.eval_slices
     pp = postprocess or PostProcess()
+    if not overwrite:
+        _refuse_other_settings(out_dir, {"slices": slices, "score_config": to_dict(cfg.score),
+                                         "postprocess": pp.describe()})
     store = PreparedStore.open(Path(info["prepared"]))
     val_ids = store.splits()["val"]
     t_store = PreparedStore.open(test_store) if test_store is not None else store
@@ -134,6 +140,25 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
                 "Oracle = test-optimal threshold, for comparison with papers only.")
     write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")})
     return summary
+
+
+def _refuse_other_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """OutputExistsError if out_dir/metrics.json holds an evaluation made with other `settings`."""
+    path = out_dir / "metrics.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: nothing worth keeping
+    differ = [k for k in ("slices", "score_config", "postprocess") if k in old and old[k] != settings[k]]
+    if differ:
+        raise OutputExistsError(
+            f"{path} holds an evaluation with other settings ({', '.join(differ)}: "
+            + "; ".join(f"{old[k]!r} there, {settings[k]!r} now" for k in differ if k != "score_config")
+            + ("; another score config" if "score_config" in differ else "")
+            + "); pass --overwrite to replace it (the run's threshold for `mmccd score` changes with it) "
+              "or --out to write this evaluation elsewhere")
 
 
 def _checkpoint_signature(run_dir: Path) -> list[tuple[str, int]]:

@@ -10,6 +10,7 @@ belongs to one case, so ranks never write the same file; the summaries are merge
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, to_dict, with_scoring
 from mmccd.data.discovery import Case, case_from_path, find_cases
 from mmccd.data.io import atomic_write_text, load_nifti, save_nifti_like
-from mmccd.data.prepare import prepare_case
+from mmccd.data.prepare import PreparedCase, prepare_case
 from mmccd.distributed import dist_info, gather_objects, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError, OutputExistsError
 from mmccd.evaluation.figures import montage
@@ -60,6 +61,21 @@ def _file_case(path: Path, source: str) -> Case:
         return case_from_path(path)
     except DataError:
         return case_from_path(path, modality=source)
+
+
+def _prepare_for_scoring(case: Case, cfg: ExperimentConfig) -> PreparedCase:
+    """The case prepared as for training (brain mask from every contrast present); when a file other than
+    the source is unusable, a warning and the source image alone: scoring needs only the source."""
+    try:
+        return prepare_case(case, cfg.prepare)
+    except DataError as exc:
+        source = case.images[cfg.source]
+        if exc.file is None or Path(exc.file) == Path(source):
+            raise
+        log.warning("%s; scoring %s from its %s image alone (brain mask from that image)", exc, case.case_id,
+                    cfg.source)
+        alone = dataclasses.replace(case, images={cfg.source: source}, seg=None, problems=())
+        return prepare_case(alone, cfg.prepare, required=[cfg.source])
 
 
 def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: float | None = None,
@@ -100,7 +116,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
             existing = [p for p in outputs if p.exists()]
             if existing and not overwrite:
                 raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-            prepared = prepare_case(case, cfg.prepare)
+            prepared = _prepare_for_scoring(case, cfg)
             source, reference = load_nifti(case.images[cfg.source], case.case_id)
             result = score_prepared_case(method, prepared, brain=source != 0)
             written = [outputs[0]]
