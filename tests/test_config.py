@@ -63,3 +63,25 @@ def test_yaml_file_errors(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(lst)
+
+
+def test_per_method_preset_sections(tmp_path):
+    """gpu: each baseline at its paper's size; the section applies only to its method; overrides still win."""
+    import torch
+
+    from mmccd.scoring import build_method, method_names
+
+    assert load_config("gpu", {"method": "dae"}).network.base_channels == 64
+    assert load_config("gpu", {"method": "ddpm"}).baseline.noise_type == "simplex"
+    assert load_config("gpu", {"method": "mmccd"}).network == load_config("reference").network
+    assert load_config("gpu", {"method": "dae", "network": {"base_channels": 8}}).network.base_channels == 8
+    for name in method_names():  # every method builds at its gpu size (on the meta device: no memory)
+        with torch.device("meta"):
+            build_method(load_config("gpu", {"method": name}))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("per_method:\n  nosuch: {network: {base_channels: 8}}\n")
+    with pytest.raises(ConfigError, match="unknown method 'nosuch'"):
+        load_config(bad)
+    bad.write_text("per_method:\n  dae: {network: {widht: 8}}\n")
+    with pytest.raises(ConfigError, match="per_method.dae.network: unknown key 'widht'"):
+        load_config(bad, {"method": "dae"})

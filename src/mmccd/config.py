@@ -224,6 +224,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+PER_METHOD = "per_method"  # preset key: {method name: sections that apply only to that method}
+
+
 def load_config(preset: str | Path = "cpu", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Defaults <- preset YAML (a name in configs/ or a path) <- `overrides`."""
     path = Path(preset)
@@ -231,10 +234,23 @@ def load_config(preset: str | Path = "cpu", overrides: dict[str, Any] | None = N
         path = CONFIG_DIR / f"{preset}.yaml"
         if not path.exists():
             raise ConfigError(f"unknown preset '{preset}'. Available: {', '.join(preset_names())}, or a path to a YAML file")
-    data = read_yaml(path)
+    data = dict(read_yaml(path))
+    per_method = data.pop(PER_METHOD, None) or {}
+    if not isinstance(per_method, dict):
+        raise ConfigError(f"{path}: {PER_METHOD}: expected a mapping of method name to config sections")
+    from mmccd.scoring import method_names  # here: scoring imports this module
+
+    unknown = sorted(set(per_method) - set(method_names()))
+    if unknown:
+        raise ConfigError(f"{path}: {PER_METHOD}: unknown method {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(method_names())}")
     cfg = merge(ExperimentConfig(), data, where=str(path))
     if overrides:
         cfg = merge(cfg, overrides, where="overrides")
+    if cfg.method in per_method:  # defaults <- preset <- preset's section for this method <- overrides
+        cfg = merge(cfg, per_method[cfg.method] or {}, where=f"{path}: {PER_METHOD}.{cfg.method}")
+        if overrides:
+            cfg = merge(cfg, overrides, where="overrides")
     validate(cfg)
     return cfg
 
