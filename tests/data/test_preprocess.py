@@ -104,7 +104,13 @@ def test_to_slices_is_original_order():
 def test_integer_shortcuts_equal_the_float_computation():
     """prepare's speed paths for integer images (histogram percentiles, look-up-table normalisation, the
     bitwise-OR brain mask, percentiles gathered from the brain's box) give bit-identical results."""
-    from mmccd.data.preprocess import _integer_percentiles, bounding_box, brain_mask, normalise, percentile_range
+    from mmccd.data.preprocess import (
+        _integer_percentiles,
+        bounding_box,
+        brain_mask,
+        normalise,
+        percentile_range,
+    )
 
     rng = np.random.default_rng(3)
     for trial in range(300):

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from mmccd.data.dataset import slices_from_prepared
 from mmccd.data.prepare import PreparedCase
 from mmccd.data.preprocess import uncrop
+from mmccd.distributed import dist_info
 from mmccd.scoring.base import AnomalyMethod
 
 log = logging.getLogger("mmccd")
@@ -38,7 +39,9 @@ def score_prepared_case(method: AnomalyMethod, prepared: PreparedCase, batch_siz
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(cfg.score.seed)
     maps = []
-    for i in tqdm(range(0, len(batch), batch_size), desc=f"score {meta['case_id']}", unit="batch", leave=False):
+    # under torchrun only the per-rank case bars are shown (inner bars of several ranks would overwrite each other)
+    for i in tqdm(range(0, len(batch), batch_size), desc=f"score {meta['case_id']}", unit="batch", leave=False,
+                  disable=dist_info()[1] > 1):
         sub = _slice_batch(batch, i, i + batch_size).to(device)
         maps.append(method.score(sub, generator)["anomaly_map"].float().cpu().numpy()[:, 0])
     stored = np.concatenate(maps) if maps else np.zeros((0, cfg.prepare.size, cfg.prepare.size), np.float32)
