@@ -171,3 +171,11 @@ def test_mmccd_scoring_is_described_in_words():
         "16 stripes × 1 DDIM step, trailing, composite backward"
     assert describe_scoring("mmccd", to_dict(load_score_preset("reference"))).endswith("× 100 DDIM steps, leading")
     assert describe_scoring("ae", to_dict(load_score_preset("fast"))) == "–"
+
+
+def test_results_name_the_code_of_the_call_and_of_each_run(bench):
+    root, entries = bench
+    doc = json.loads((root / "out" / "results.json").read_text())
+    assert doc["code_version"] == doc["meta"]["code_version"]  # taken when the call started
+    trained = {e["method"]: e["trained_with_code"] for e in entries}
+    assert trained["cyclic-unet"] and trained["threshold"]  # every run records the code it was made with

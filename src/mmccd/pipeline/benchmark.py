@@ -36,6 +36,7 @@ from mmccd.evaluation.report import to_jsonable
 from mmccd.pipeline.benchmark_report import make_entry, write_results
 from mmccd.pipeline.evaluate import _checkpoint_signature, evaluate_run
 from mmccd.pipeline.runs import read_run_config, read_run_info, train_run
+from mmccd.provenance import code_version
 from mmccd.scoring import build_method
 from mmccd.training import load_checkpoint
 
@@ -96,6 +97,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                "run" (each run's own), or a preset name/YAML whose `score` section is used for every method
     Returns one entry per method, pair and test set (the rows of results.json)."""
     t0 = time.perf_counter()
+    version = code_version()  # the code this call runs (the files may change while it does)
     data, out = Path(data), Path(out)
     test_data = Path(test_data) if test_data is not None else None
     methods = list(dict.fromkeys(methods))
@@ -145,7 +147,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     meta = {
         "command": benchmark_command(data, out, preset, methods, [f"{s}:{t}" for s, t in pair_list], test_data,
                                      postprocess, protocols, scoring),
-        "preset": str(preset), "scoring": scoring, "config": to_dict(base), "data": str(data), "protocols": list(protocols),
+        "preset": str(preset), "scoring": scoring, "code_version": version, "config": to_dict(base), "data": str(data), "protocols": list(protocols),
         "splits": {k: splits[k] for k in ("train", "val", "test")}, "split_seed": splits.get("seed"),
         "n_prepared": len(prepared.prepared) + len(prepared.reused), "skipped": prepared.skipped,
         "pairs": [list(p) for p in pair_list], "methods": methods, "postprocess": postprocess.describe(),

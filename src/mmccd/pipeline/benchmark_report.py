@@ -86,6 +86,7 @@ def make_entry(cfg: ExperimentConfig, run: Path, out: Path, test_set: str, evals
         "n_val_subjects": mt.get("n_val_subjects", vol.get("n_val_subjects")),
         "n_train_subjects": len(run_info.get("train_subjects", [])), "n_train_slices": run_info.get("train_slices"),
         **train, "postprocess": mt.get("postprocess", vol.get("postprocess")),
+        "trained_with_code": run_info.get("code_version"),
         "scoring": describe_scoring(cfg.method, mt.get("score_config") or vol.get("score_config")),
         "score_config": mt.get("score_config") or vol.get("score_config"),
         "protocols": {slices: {k: e["summary"][k] for k in _LEVEL_KEYS if k in e["summary"]} for slices, e in evals.items()},
@@ -313,7 +314,7 @@ def write_results(out: Path, entries: Sequence[dict[str, Any]], meta: Mapping[st
                   evaluations: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]]) -> dict[str, Path]:
     """results.json, results.csv, results.md, figures/ and report.html in `out`; returns their paths."""
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine, version = machine_description(), code_version()
+    machine, version = machine_description(), meta.get("code_version") or code_version()  # when the call started
     statement = protocol_statement(meta, entries)
     tables = _tables(entries, meta["protocols"], meta["postprocess"])
     figures = _figures(out, entries, evaluations)
@@ -334,7 +335,7 @@ def write_results(out: Path, entries: Sequence[dict[str, Any]], meta: Mapping[st
 
     literature = _markdown_table(["method", "Dice %"], LITERATURE)
     md = [f"# mmccd benchmark — preset `{meta['preset']}`", "",
-          f"Command: `{meta['command']}`  ", f"Date: {date}  ", f"Machine: {machine}  ", f"Code: {version}", ""]
+          f"Command: `{meta['command']}`  ", f"Date: {date}  ", f"Machine: {machine}  ", f"Code: {version} (when this call started; the code each run was trained with: `trained_with_code` in results.json)", ""]
     for title, header, rows in tables:
         md += [f"## {title}", "", _markdown_table(header, rows), ""]
     md += ["## Protocol", ""] + [f"- {item}" for item in statement] + [""]
