@@ -57,7 +57,7 @@ def percentile_range(volume: np.ndarray, brain: np.ndarray, low: float = 1.0, hi
     if values.size == 0:
         raise DataError("no brain voxels to normalise", case=case, file=file, expected="non-zero voxels",
                         found="an empty brain mask")
-    if np.issubdtype(values.dtype, np.integer) and _small_range(values):
+    if _table_size(values):
         lo, hi = _integer_percentiles(values, (low, high))
     else:
         if np.issubdtype(values.dtype, np.integer):  # the percentiles of their float32 values
@@ -70,9 +70,13 @@ def percentile_range(volume: np.ndarray, brain: np.ndarray, low: float = 1.0, hi
     return lo, hi
 
 
-def _small_range(values: np.ndarray) -> bool:
-    """Integers in 0 .. 65535: counted (percentiles) or looked up (normalisation) instead of sorted/computed."""
-    return values.size > 0 and int(values.min()) >= 0 and int(values.max()) < 2**16
+def _table_size(values: np.ndarray) -> int | None:
+    """max + 1 for integers in 0 .. 65535 (counted for percentiles, looked up for normalisation instead of
+    sorted / computed); None otherwise."""
+    if not np.issubdtype(values.dtype, np.integer) or values.size == 0:
+        return None
+    low, high = int(values.min()), int(values.max())
+    return high + 1 if low >= 0 and high < 2**16 else None
 
 
 def _integer_percentiles(values: np.ndarray, percents: Sequence[float]) -> list[float]:
@@ -105,9 +109,10 @@ def normalise(x: np.ndarray, brain: np.ndarray, lo: float, hi: float, mode: str 
                                   y = clip((x - (hi - lo)/2) / ((hi - lo)/2), -1, 1)
     Elementwise, so normalising a crop equals cropping the normalised volume. Integer images are mapped
     through a table of the same float32 arithmetic on every value 0 .. max (identical result, one pass)."""
-    if np.issubdtype(x.dtype, np.integer) and x.size > 2**16 and _small_range(x):
-        values = np.arange(int(x.max()) + 1, dtype=np.float32)
-        table = normalise(values, np.ones(values.shape, bool), lo, hi, mode)
+    size = _table_size(x) if x.size > 2**16 else None
+    if size:
+        values = np.arange(size, dtype=np.float32)
+        table = normalise(values, np.ones(size, bool), lo, hi, mode)
         y = table[x]
         y[~np.asarray(brain, dtype=bool)] = -1.0
         return y
@@ -134,8 +139,6 @@ def percentile_normalise(volume: np.ndarray, brain: np.ndarray, low: float = 1.0
                          file: str | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """Map brain intensities to [-1, 1]; background (outside `brain`) is -1: `percentile_range` then
     `normalise`. volume, brain: same shape. Returns (y float32, (lo, hi))."""
-    if mode not in ("percentile", "reference"):
-        raise ValueError(f"normalisation mode must be 'percentile' or 'reference', not {mode!r}")
     lo, hi = percentile_range(volume, brain, low, high, case=case, file=file)
     return normalise(volume, brain, lo, hi, mode), (lo, hi)
 
