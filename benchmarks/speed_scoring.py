@@ -109,12 +109,11 @@ def load_methods(args: argparse.Namespace, keys: list[str]) -> tuple[dict[str, A
     if any(k in CYCLIC for k in keys):
         cyclic = load_method(args.cyclic, args.device)
         methods.update({k: cyclic for k in keys if k in CYCLIC})
-    return methods, {k: score_config(k, mmccd.cfg.score) for k in keys if k not in CYCLIC}
-
-
-def configure(method: AnomalyMethod, key: str, configs: dict[str, ScoreConfig]) -> None:
-    if key in configs:
-        method.cfg = dataclasses.replace(method.cfg, score=configs[key])
+    configs = {k: score_config(k, mmccd.cfg.score) for k in keys if k not in CYCLIC}
+    for k in (k for k in keys if k in CYCLIC):  # Cyclic UNet with its own settings; "-fast": channels-last + bf16
+        own = methods[k].cfg.score
+        configs[k] = dataclasses.replace(own, channels_last=True, amp="bf16") if k == "cyclic-unet-fast" else own
+    return methods, configs
 
 
 # ---------------------------------------------------------------- measuring
@@ -155,27 +154,21 @@ class PeakMemory:
         self.peak_mb = max(0.0, max(self._peak, self._rss_mb()) - self._base)
 
 
-def score_once(method: AnomalyMethod, batch: SliceBatch, seed: int, fast_cyclic: bool = False) -> np.ndarray:
-    """Maps (N, S, S). fast_cyclic: Cyclic UNet with channels_last weights and inputs under bf16 autocast."""
-    fmt = torch.channels_last if fast_cyclic else torch.contiguous_format
-    if fast_cyclic:
-        method.nets.to(memory_format=fmt)  # type: ignore[call-arg]
-    batch = dataclasses.replace(batch, source=batch.source.contiguous(memory_format=fmt))
+def score_once(method: AnomalyMethod, settings: ScoreConfig, batch: SliceBatch, seed: int) -> np.ndarray:
+    """Maps (N, S, S) of one scoring call with `settings` (channels-last and autocast as they ask)."""
     generator = torch.Generator(device=method.device).manual_seed(seed)
-    with torch.autocast(method.device.type, dtype=torch.bfloat16, enabled=fast_cyclic):
-        out = method.score(batch.to(method.device), generator)["anomaly_map"]
+    out = method.score(batch.to(method.device), settings, generator).anomaly_map
     if method.device.type == "cuda":
         torch.cuda.synchronize()
-    if fast_cyclic:
-        method.nets.to(memory_format=torch.contiguous_format)  # type: ignore[call-arg]
     return out.float().cpu().numpy()[:, 0]
 
 
-def timed(method: AnomalyMethod, batch: SliceBatch, seed: int, repeats: int, fast_cyclic: bool) -> tuple[np.ndarray, float]:
+def timed(method: AnomalyMethod, settings: ScoreConfig, batch: SliceBatch, seed: int,
+          repeats: int) -> tuple[np.ndarray, float]:
     """Maps and seconds per slice, averaged over `repeats` identical calls."""
     start = time.perf_counter()
     for _ in range(repeats):
-        maps = score_once(method, batch, seed, fast_cyclic)
+        maps = score_once(method, settings, batch, seed)
     return maps, (time.perf_counter() - start) / repeats / len(batch)
 
 
@@ -203,9 +196,8 @@ def child_memory(args: argparse.Namespace) -> None:
     method = methods[key]
     if key in configs and configs[key].ddim_steps > 2:
         configs[key] = dataclasses.replace(configs[key], ddim_steps=2)
-    configure(method, key, configs)
     with PeakMemory(method.device) as mem:
-        score_once(method, batch, 0, fast_cyclic=key == "cyclic-unet-fast")
+        score_once(method, configs[key], batch, 0)
     print(json.dumps({"peak_mb": mem.peak_mb}))
 
 
@@ -254,7 +246,7 @@ def main() -> None:
 
     batch = validation_slices(args.run, args.split, args.max_slices)
     methods, configs = load_methods(args, keys)
-    seed = {k: configs[k].seed if k in configs else 0 for k in keys}
+    seed = {k: configs[k].seed for k in keys}
     print(f"{len(batch)} {args.split} max-tumour slices ({', '.join(batch.subject_id)}), {batch.source.shape[-1]} px, "
           f"{torch.get_num_threads()} threads, device {methods[keys[0]].device}", flush=True)
 
@@ -264,8 +256,7 @@ def main() -> None:
         res["reference"].update(cached)
     # 1. the slow settings, once per slice
     for k in [k for k in keys if not SETTINGS[k][2] and not (k == "reference" and cached is not None)]:
-        configure(methods[k], k, configs)
-        parts = [timed(methods[k], take(batch, i), seed[k], 1, False) for i in range(len(batch))]
+        parts = [timed(methods[k], configs[k], take(batch, i), seed[k], 1) for i in range(len(batch))]
         res[k].update(maps=np.concatenate([m for m, _ in parts]), seconds=[s for _, s in parts])
         print(f"once    {k:16s} {statistics.median(res[k]['seconds']):9.3f} s/slice", flush=True)
         if k == "reference" and args.reference_cache:
@@ -274,15 +265,13 @@ def main() -> None:
     fast = [k for k in keys if SETTINGS[k][2]]
     repeats = {}
     for k in fast:
-        configure(methods[k], k, configs)
-        res[k]["maps"], sec = timed(methods[k], batch, seed[k], 1, k == "cyclic-unet-fast")
+        res[k]["maps"], sec = timed(methods[k], configs[k], batch, seed[k], 1)
         res[k]["warmup_seconds"] = sec * len(batch)
-        _, sec = timed(methods[k], batch, seed[k], 1, k == "cyclic-unet-fast")
+        _, sec = timed(methods[k], configs[k], batch, seed[k], 1)
         repeats[k] = max(1, math.ceil(args.min_seconds / (sec * len(batch))))
     for r in range(args.rounds):
         for k in fast:
-            configure(methods[k], k, configs)
-            _, sec = timed(methods[k], batch, seed[k], repeats[k], k == "cyclic-unet-fast")
+            _, sec = timed(methods[k], configs[k], batch, seed[k], repeats[k])
             res[k]["seconds"].append(sec)
             print(f"round {r + 1} {k:16s} {sec:9.3f} s/slice (x{repeats[k]})", flush=True)
     # 3. memory, each setting in a fresh process
@@ -309,15 +298,14 @@ def table_rows(keys: list[str], res: dict[str, dict[str, Any]], methods: dict[st
     rows = []
     for k in keys:
         sec = statistics.median(res[k]["seconds"])
-        configure(methods[k], k, configs)
-        passes = methods[k].network_evaluations() if k in configs else 2  # type: ignore[attr-defined]
+        passes = 2 if k in CYCLIC else methods[k].network_evaluations(configs[k])  # type: ignore[attr-defined]
         r_ref = None if ref_maps is None else float(np.corrcoef(res[k]["maps"][brain], ref_maps[brain])[0, 1])
         rows.append({"key": k, "setting": SETTINGS[k][0], "passes_per_slice": passes, "seconds_per_slice": sec,
                      "timings": len(res[k]["seconds"]), "earlier_run": bool(res[k].get("earlier_run")),
                      "x_cyclic_unet": sec / unit if unit else None, "reference_speedup": ref / sec if ref else None,
                      "peak_mb": res[k]["peak_mb"], "warmup_seconds": res[k].get("warmup_seconds"),
                      "r_reference": r_ref, **metrics(res[k]["maps"], batch),
-                     "score": dataclasses.asdict(configs[k]) if k in configs else None})
+                     "score": None if k in CYCLIC else dataclasses.asdict(configs[k])})
     return rows
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from mmccd.config import with_scoring
 from mmccd.data.discovery import case_from_path
 from mmccd.data.prepare import prepare_case
 from mmccd.pipeline.runs import load_method
+from mmccd.scoring import resolve_scoring
 from mmccd.scoring.volume import score_prepared_case
 
 
@@ -54,12 +54,12 @@ def main() -> None:
                 subprocess.run([mmccd, "--quiet", "score", "--run", str(args.run), "--case", str(args.case), "--out", out,
                                 "--scoring", scoring], check=True, env=env, stdout=subprocess.DEVNULL)
                 res[scoring]["cli"].append(time.perf_counter() - start)
-            base.cfg = with_scoring(run_cfg, scoring)
+            settings = resolve_scoring(run_cfg, scoring)
             start = time.perf_counter()
             prepared = prepare_case(case, run_cfg.prepare)
             res[scoring]["prepare"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            score_prepared_case(base, prepared)
+            score_prepared_case(base, settings, prepared)
             res[scoring]["score"].append(time.perf_counter() - start)
             slices = len(prepared.meta["slice_indices"])
             print(f"round {r + 1} {scoring:10s} " + "  ".join(f"{k} {v[-1]:.1f} s" for k, v in res[scoring].items()),
@@ -69,8 +69,8 @@ def main() -> None:
     print("| scoring | network passes / volume | `mmccd score` s | prepare s | score s |")
     print("|---|---:|---:|---:|---:|")
     for scoring, v in res.items():
-        base.cfg = with_scoring(run_cfg, scoring)
-        passes = base.network_evaluations(slices) if hasattr(base, "network_evaluations") else 2 * slices
+        settings = resolve_scoring(run_cfg, scoring)
+        passes = base.network_evaluations(settings, slices) if hasattr(base, "network_evaluations") else 2 * slices
         print(f"| {scoring} | {passes:,} | {statistics.median(v['cli']):.1f} | {statistics.median(v['prepare']):.1f} | "
               f"{statistics.median(v['score']):.1f} |")
 

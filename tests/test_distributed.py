@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmccd.checkpoints import load_checkpoint
 from mmccd.config import ExperimentConfig, load_config, merge
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.data.prepare import prepare_dataset
 from mmccd.distributed import dist_info, distributed_session, gather_objects, progress_kwargs, shard
 from mmccd.pipeline.runs import train_run
 from mmccd.pipeline.score import score_cases
-from mmccd.training import load_checkpoint, train_network
+from mmccd.training import train_network
 
 WORLD = 2
 STOP_AFTER = 5  # the interrupted run stops here, between two checkpoints

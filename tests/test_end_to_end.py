@@ -29,7 +29,7 @@ def test_train_evaluate_score(prepared, method):
     cfg = load_config("tiny", {"method": method, "train": {"iterations": 150}})
     run = root / f"run-{method}"
     train_run(root / "prepared", run, cfg)
-    summary = evaluate_run(run)
+    summary = evaluate_run(run).summary
     # better than chance on synthetic tumours (the threshold comes from validation subjects)
     assert summary["pooled_auroc"] > 0.7
     assert 0.0 <= summary["subject_mean_dice"] <= 1.0
@@ -47,7 +47,7 @@ def test_train_evaluate_score(prepared, method):
     amap = nib.load(out / f"{case.name}_anomaly.nii.gz")
     assert amap.shape == ref.shape
     assert np.allclose(amap.affine, ref.affine)
-    assert (out / f"{case.name}_mask.nii.gz").exists() and (out / f"{case.name}_montage.png").exists()
+    assert (out / f"{case.name}_pred_mask.nii.gz").exists() and (out / f"{case.name}_montage.png").exists()
     # nothing written is silently overwritten
     again = score_cases(run, [case], out)
     assert again.skipped and "exists" in again.skipped[0][1]

@@ -26,9 +26,9 @@ from mmccd.config import load_config
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.data.prepare import prepare_dataset
 from mmccd.pipeline.evaluate import evaluate_run
-from mmccd.pipeline.runs import train_run
+from mmccd.pipeline.runs import read_run_config, train_run
 from mmccd.pipeline.score import score_cases
-from mmccd.scoring import method_names
+from mmccd.scoring import method_names, resolve_scoring
 
 GOLDEN = Path(__file__).parent / "golden" / "golden.json"
 REGEN = os.environ.get("MMCCD_REGEN_GOLDEN") == "1"
@@ -77,7 +77,8 @@ def _outputs(root: Path, method: str) -> dict:
     if not (run / "config.yaml").exists():
         torch.manual_seed(0)
         train_run(root / "prepared", run, load_config(preset, {"method": method}))
-    summary = evaluate_run(run, scoring=scoring, out_dir=run / f"eval-{scoring}")
+    settings = resolve_scoring(read_run_config(run), scoring)
+    summary = evaluate_run(run, settings, out_dir=run / f"eval-{scoring}").summary
     maps = {}
     for cache in sorted((run / "maps").glob("*.npz")):
         with np.load(cache) as z:
@@ -86,7 +87,7 @@ def _outputs(root: Path, method: str) -> dict:
     score_cases(run, [case], root / "maps" / f"{method}-{scoring}", scoring=scoring, threshold=summary["threshold"])
     written = root / "maps" / f"{method}-{scoring}"
     volume = np.asarray(nib.load(written / f"{case.name}_anomaly.nii.gz").dataobj, dtype=np.float32)
-    mask = np.asarray(nib.load(written / f"{case.name}_mask.nii.gz").dataobj)
+    mask = np.asarray(nib.load(written / f"{case.name}_pred_mask.nii.gz").dataobj)
     probe = np.random.default_rng(0)
     return {
         "metrics": {k: float(summary[k]) for k in METRIC_KEYS},

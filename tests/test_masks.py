@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmccd.config import scale_from_reference
 from mmccd.errors import ConfigError
 from mmccd.masks import (
     checkerboard_masks,
@@ -14,7 +15,6 @@ from mmccd.masks import (
     merge_stripes,
     random_stripe_masks,
     stripe_ensemble,
-    stripe_width_for,
 )
 
 
@@ -32,8 +32,10 @@ def _stripe_of(mask: torch.Tensor) -> tuple[str, int, int]:
 
 
 def test_stripe_width_scaling():
-    assert [stripe_width_for(s) for s in (16, 32, 64, 128, 240, 256)] == [2, 4, 8, 16, 30, 32]
-    assert stripe_width_for(8) == 2 and all(stripe_width_for(s) % 2 == 0 for s in range(8, 300))
+    width = lambda size: scale_from_reference(16, size, even=True, minimum=2)  # noqa: E731 — the stripe rule
+    assert [width(s) for s in (16, 32, 64, 128, 240, 256)] == [2, 4, 8, 16, 30, 32]
+    assert width(8) == 2 and all(width(s) % 2 == 0 for s in range(8, 300))
+    assert [scale_from_reference(2, s) for s in (64, 128, 256)] == [1, 2, 4]  # the inference stride rule
 
 
 def test_reference_ensemble_coverage_counts():

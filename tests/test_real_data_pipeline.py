@@ -33,7 +33,7 @@ def test_prepare_train_evaluate_score_on_real_cases(tmp_path):
     assert len(summary.prepared) == 6 and not summary.skipped
     run = tmp_path / "run"
     train_run(tmp_path / "prepared", run, cfg)
-    result = evaluate_run(run)
+    result = evaluate_run(run).summary
     assert result["n_test_subjects"] >= 1 and 0.0 <= result["subject_mean_dice"] <= 1.0
     assert np.isfinite(result["pooled_auroc"])
     assert (run / "report.html").exists()

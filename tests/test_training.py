@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmccd.checkpoints import load_checkpoint
 from mmccd.config import ExperimentConfig, merge
 from mmccd.errors import CheckpointError
-from mmccd.training import global_batch_indices, load_checkpoint, train_network
+from mmccd.training import global_batch_indices, train_network
 
 
 class ToyDataset(torch.utils.data.Dataset):

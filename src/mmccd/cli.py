@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="training steps per network (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
     p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default 0)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 on CUDA only)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
+                   help="mixed precision: bf16 (CPU or GPU), fp16 (CUDA only), auto (bf16 where native)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
 
@@ -135,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder written by `mmccd train`")
     p.add_argument("--slices", choices=["max_tumour", "all"], help="max_tumour: one slice per subject (reference protocol); all: every slice with brain")
     p.add_argument("--device", help="device for scoring (default: the run's)")
-    p.add_argument("--scoring", default="run", metavar="PRESET",
-                   help="score with this preset's `score` section: run (the run's own, default), fast, reference, "
-                        "or a YAML file (docs/speed.md)")
+    p.add_argument("--scoring", default="auto", metavar="PRESET",
+                   help="score with this preset's `score` section: auto (default: the method's own default, fast for "
+                        "MMCCD runs, else the run's; the same default as `mmccd score`), run, fast, reference, or a "
+                        "YAML file (docs/speed.md)")
     p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
     p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
     p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="anomaly maps for new cases, written as NIfTI",
                        description="Score every axial slice with brain of a case folder (or a single NIfTI of the "
                                    "source contrast) and write the map back into the input's voxel grid: "
-                                   "<case>_anomaly.nii.gz (float), <case>_mask.nii.gz (binary, at the run's "
+                                   "<case>_anomaly.nii.gz (float), <case>_pred_mask.nii.gz (binary, at the run's "
                                    "validation threshold) and <case>_montage.png. No segmentation needed.")
     p.add_argument("--run", required=True, type=Path, help="trained run folder")
     p.add_argument("--case", required=True, type=Path, nargs="+",
@@ -259,11 +261,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from mmccd.evaluation.postprocess import PostProcess
         from mmccd.pipeline.evaluate import evaluate_run
+        from mmccd.pipeline.runs import read_run_config
+        from mmccd.scoring import resolve_scoring
 
-        summary = evaluate_run(args.run, slices=args.slices, device=args.device,
-                               postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component),
-                               scoring=args.scoring, out_dir=args.out, overwrite=args.overwrite)
-        _print_summary(summary)
+        settings = resolve_scoring(read_run_config(args.run), args.scoring)
+        evaluation = evaluate_run(args.run, settings, slices=args.slices, device=args.device,
+                                  postprocess=PostProcess(erode=args.erode, median=args.median,
+                                                          min_component=args.min_component),
+                                  out_dir=args.out, overwrite=args.overwrite)
+        _print_summary(evaluation.summary)
         print(f"report: {Path(args.out or args.run) / 'report.html'}")
         return 0
     if args.command == "score":
@@ -299,8 +305,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    import yaml
-
     from mmccd.config import PrepareConfig, load_config, merge
     from mmccd.data.prepare import prepare_dataset
 
@@ -320,7 +324,6 @@ def _prepare(args: argparse.Namespace) -> int:
         from mmccd.config import read_yaml
 
         layout = {str(k): str(v) for k, v in read_yaml(args.layout).items()}
-    del yaml
     summary = prepare_dataset(args.data, args.out, cfg, layout=layout,
                               on_error="stop" if args.stop_on_error else "skip", overwrite=args.overwrite,
                               required=(args.source, args.target))

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -19,6 +19,22 @@ from mmccd.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 MODALITIES = ("t1", "t1ce", "t2", "flair")
+#: every method's name (scoring/__init__ maps each to its class; a test checks the two agree)
+METHODS = ("cyclic-unet", "mmccd", "threshold", "ae", "dae", "ddpm", "cddpm")
+Modality = Literal["t1", "t1ce", "t2", "flair"]
+Method = Literal["cyclic-unet", "mmccd", "threshold", "ae", "dae", "ddpm", "cddpm"]
+Amp = Literal["none", "bf16", "fp16", "auto"]
+_LITERAL_NOUNS = {typing.get_args(Modality): "contrast", typing.get_args(Method): "method"}
+REFERENCE_SIZE = 128  # px: the size at which the paper quotes stripe widths and strides
+
+
+def scale_from_reference(value: float, size: int, *, even: bool = False, minimum: int = 1) -> int:
+    """A length quoted at 128 px (the reference's image size), scaled to `size` px and rounded.
+
+    even=True rounds to an even number (stripe widths: the model was trained on even offsets);
+    never below `minimum`. E.g. a 16 px stripe is 8 px at 64, 30 at 240; a 2 px stride is 1 px at 64."""
+    scaled = value * size / REFERENCE_SIZE
+    return max(minimum, 2 * round(scaled / 2) if even else round(scaled))
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,7 @@ class PrepareConfig:
     size: int = 128  # square in-plane size after crop + resize
     low_percentile: float = 1.0  # of brain voxels, mapped to -1
     high_percentile: float = 99.0  # of brain voxels, mapped to +1
-    normalisation: str = "percentile"  # "percentile" (correct midpoint) or "reference" (authors' code)
+    normalisation: Literal["percentile", "reference"] = "percentile"  # "reference": the authors' half-range centring
     min_brain_fraction: float = 0.1  # of the slice's cropped area, for a slice to count as "with brain"
     train_slice_window: tuple[int, int] | None = None  # e.g. (70, 89): the reference's axial window
     val_fraction: float = 0.15
@@ -54,7 +70,7 @@ class DiffusionConfig:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    stripe_width: int = 16  # at 128 px; scaled with the image size
+    stripe_width: int = 16  # px at 128 px, scaled with the image size (scale_from_reference)
     mask_per_batch: bool = False  # True = one stripe for the whole batch, as the reference code
 
 
@@ -67,9 +83,9 @@ class BaselineConfig:
     dae_noise_std: float = 0.2
     noise_level: int = 500  # DDPM/cDDPM: partial diffusion to this t (of num_timesteps)
     noise_levels: tuple[int, ...] = ()  # if set: average the error over these t (ensemble)
-    noise_type: str = "gaussian"  # "gaussian" | "simplex" (AnoDDPM)
+    noise_type: Literal["gaussian", "simplex"] = "gaussian"  # "simplex": AnoDDPM's (gradient-noise stand-in)
     cond_dim: int = 128  # cDDPM: size of the latent embedding of the clean input
-    threshold_sign: str = "auto"  # intensity threshold: "bright", "dark" or "auto" (from the contrast)
+    threshold_sign: Literal["bright", "dark", "auto"] = "auto"  # intensity threshold; "auto": from the contrast
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     num_workers: int = 0
-    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
+    amp: Amp = "none"  # fp16 only on CUDA; "auto": bf16 where native (runtime.autocast_dtype)
     augment_flip: bool = True  # random left-right flip of training slices
 
 
@@ -94,35 +110,34 @@ class ScoreConfig:
 
     num_masks: int = 128  # stripes in the ensemble (split evenly over `mask_directions`); 0 = every mask_stride px
     mask_stride: int = 2  # px between stripe starts at 128 px (scaled with size), when num_masks = 0
-    mask_family: str = "stripes"  # "stripes" | "checkerboard" (blocks of the stripe width; off-distribution)
-    mask_directions: tuple[str, ...] = ("vertical", "horizontal")
+    mask_family: Literal["stripes", "checkerboard"] = "stripes"  # checkerboard: blocks of the stripe width
+    mask_directions: tuple[Literal["vertical", "horizontal"], ...] = ("vertical", "horizontal")
     stripes_per_mask: int = 1  # > 1: each mask hides that many equally spaced stripes (fewer masks)
     ddim_steps: int = 100
-    timestep_spacing: str = "leading"  # "leading" (reference: 990..0) | "trailing" (999..: needed for few steps)
+    timestep_spacing: Literal["leading", "trailing"] = "leading"  # reference: 990..0; trailing 999..: few steps
     eta: float = 0.0
     composite: bool = False  # MMCCD: one backward pass on the composite of all masks' imagined regions
     mask_batch: int = 32  # masks per network call (per slice)
     slice_batch: int = 1  # slices per network call: a call holds mask_batch x slice_batch images
     channels_last: bool = False
-    amp: str = "none"  # "none" | "bf16" (CPU with avx512_bf16/AMX, or CUDA) | "fp16" (CUDA) | "auto" (bf16/fp16 where native)
+    amp: Amp = "none"  # bf16: CPU with avx512_bf16/AMX, or CUDA · fp16: CUDA · auto: bf16/fp16 where native
     compile: bool = False  # torch.compile the networks (opt-in: minutes of compile time)
     seed: int = 0
-    smooth_sigma: float = 0.0  # optional Gaussian smoothing of the map (px); 0 = off
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     threshold_quantiles: int = 200  # candidate thresholds searched on validation maps
     figure_slices: int = 6
-    eval_slices: str = "max_tumour"  # "max_tumour" (reference protocol) or "all" (every slice with brain)
+    eval_slices: Literal["max_tumour", "all"] = "max_tumour"  # reference protocol; "all": every slice with brain
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
-    method: str = "cyclic-unet"  # "cyclic-unet" | "mmccd" | baselines
-    source: str = "flair"
-    target: str = "t2"
+    method: Method = "cyclic-unet"
+    source: Modality = "flair"
+    target: Modality = "t2"
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -140,6 +155,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`, converting YAML lists to tuples."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:  # the one place string options are checked
+        if value not in args:
+            noun = _LITERAL_NOUNS.get(args, "value")
+            raise ConfigError(f"{where}: unknown {noun} {value!r}; expected one of {', '.join(map(str, args))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -225,25 +245,57 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 PER_METHOD = "per_method"  # preset key: {method name: sections that apply only to that method}
+EXTENDS = "extends"  # preset key: the preset (name or path) whose keys this one starts from
 
 
-def load_config(preset: str | Path = "cpu", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Defaults <- preset YAML (a name in configs/ or a path) <- `overrides`."""
+def preset_path(preset: str | Path, what: str = "preset") -> Path:
+    """A preset name (a file in configs/) or a path to a YAML file -> its path."""
     path = Path(preset)
     if not path.suffix:
         path = CONFIG_DIR / f"{preset}.yaml"
         if not path.exists():
-            raise ConfigError(f"unknown preset '{preset}'. Available: {', '.join(preset_names())}, or a path to a YAML file")
+            raise ConfigError(f"unknown {what} '{preset}'. Available: {', '.join(preset_names())}, "
+                              "or a path to a YAML file")
+    return path
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_preset(preset: str | Path, what: str = "preset", _seen: tuple[Path, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """(path, keys) of a preset with its `extends:` chain resolved (the parent's keys, then its own)."""
+    path = preset_path(preset, what)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: '{EXTENDS}' forms a cycle ({' -> '.join(p.name for p in (*_seen, path))})")
     data = dict(read_yaml(path))
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return path, data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: {EXTENDS}: expected a preset name or a YAML path, found {parent!r}")
+    if not Path(parent).suffix or Path(parent).is_absolute():
+        ref = parent
+    else:  # a relative path: from the extending file's folder
+        ref = path.parent / parent
+    _, base = read_preset(ref, what, (*_seen, path.resolve()))
+    base.pop("name", None)  # the extending preset names itself (or stays unnamed)
+    return path, _deep_merge(base, data)
+
+
+def load_config(preset: str | Path = "cpu", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults <- preset YAML (a name in configs/ or a path, `extends:` resolved) <- `overrides`."""
+    path, data = read_preset(preset)
     per_method = data.pop(PER_METHOD, None) or {}
     if not isinstance(per_method, dict):
         raise ConfigError(f"{path}: {PER_METHOD}: expected a mapping of method name to config sections")
-    from mmccd.scoring import method_names  # here: scoring imports this module
-
-    unknown = sorted(set(per_method) - set(method_names()))
+    unknown = sorted(set(per_method) - set(METHODS))
     if unknown:
         raise ConfigError(f"{path}: {PER_METHOD}: unknown method {', '.join(map(repr, unknown))}; "
-                          f"known: {', '.join(method_names())}")
+                          f"known: {', '.join(METHODS)}")
     cfg = merge(ExperimentConfig(), data, where=str(path))
     if overrides:
         cfg = merge(cfg, overrides, where="overrides")
@@ -256,56 +308,30 @@ def load_config(preset: str | Path = "cpu", overrides: dict[str, Any] | None = N
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    for name in (cfg.source, cfg.target):
-        if name not in MODALITIES:
-            raise ConfigError(f"unknown contrast '{name}': expected one of {', '.join(MODALITIES)}")
+    """What a field's type cannot say (string options are checked by their Literal types in `merge`)."""
     if cfg.source == cfg.target:
         raise ConfigError(f"source and target contrast are both '{cfg.source}': choose two different contrasts")
-    if cfg.prepare.normalisation not in ("percentile", "reference"):
-        raise ConfigError(f"prepare.normalisation: expected 'percentile' or 'reference', found '{cfg.prepare.normalisation}'")
-    if cfg.train.amp not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp: expected none, bf16 or fp16, found '{cfg.train.amp}'")
     validate_score(cfg.score)
-    if cfg.eval.eval_slices not in ("max_tumour", "all"):
-        raise ConfigError(f"eval.eval_slices: expected max_tumour or all, found '{cfg.eval.eval_slices}'")
 
 
 def validate_score(sc: ScoreConfig) -> None:
-    choices = {"mask_family": ("stripes", "checkerboard"), "timestep_spacing": ("leading", "trailing"),
-               "amp": ("none", "bf16", "fp16", "auto")}
-    for key, allowed in choices.items():
-        if getattr(sc, key) not in allowed:
-            raise ConfigError(f"score.{key}: expected one of {', '.join(allowed)}, found '{getattr(sc, key)}'")
     for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask"):
         if getattr(sc, key) < 1:
             raise ConfigError(f"score.{key}: expected an integer >= 1, found {getattr(sc, key)}")
 
 
 def load_score_preset(preset: str | Path) -> ScoreConfig:
-    """The `score` section of a preset (defaults for keys it does not set), to score a run differently."""
-    path = Path(preset)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{preset}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown scoring preset '{preset}'. Available: run, {', '.join(preset_names())}, "
-                              "or a path to a YAML file")
-    sc = merge(ScoreConfig(), read_yaml(path).get("score") or {}, where=f"{path}: score")
+    """The `score` section of a preset (`extends:` resolved; defaults for keys it does not set)."""
+    path, data = read_preset(preset, "scoring preset")
+    sc = merge(ScoreConfig(), data.get("score") or {}, where=f"{path}: score")
     validate_score(sc)
     return sc
 
 
 SPEED_ONLY_SCORE_KEYS = ("mask_batch", "slice_batch", "channels_last", "compile")  # do not change the maps
-
-
-def with_scoring(cfg: ExperimentConfig, scoring: str | Path | None) -> ExperimentConfig:
-    """`cfg` with its score section replaced by a preset's (`load_score_preset`).
-
-    None or "run": the run's own; "auto": "fast" for MMCCD runs, the run's own for every other method."""
-    if scoring == "auto":
-        scoring = "fast" if cfg.method == "mmccd" else None
-    if scoring is None or scoring == "run":
-        return cfg
-    return dataclasses.replace(cfg, score=load_score_preset(scoring))
+#: keys of earlier versions that are gone, with the value that meant "off": a saved config holding that value
+#: still loads (the key is dropped); any other value is an error (the run relied on something removed)
+RETIRED_KEYS = {("score", "smooth_sigma"): 0.0}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -321,8 +347,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(dataclasses.asdict(cfg))
 
 
-def from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    return merge(ExperimentConfig(), data, where="saved config")
+def from_dict(data: dict[str, Any], where: str = "saved config") -> ExperimentConfig:
+    """A saved config (config.yaml, a checkpoint's) back as an ExperimentConfig; retired no-op keys dropped."""
+    if isinstance(data, dict):
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for (section, key), off in RETIRED_KEYS.items():
+            values = data.get(section)
+            if isinstance(values, dict) and key in values:
+                if values[key] != off:
+                    raise ConfigError(f"{where}: {section}.{key} = {values[key]!r} is no longer supported (it was "
+                                      f"removed in this version of mmccd); train or evaluate with an earlier version")
+                del values[key]
+    return merge(ExperimentConfig(), data, where=where)
 
 
 def dump_yaml(cfg: Any) -> str:

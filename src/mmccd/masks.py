@@ -5,7 +5,8 @@ m = 0 inside it (masked: replaced by noise). A "vertical" stripe spans the full 
 columns; a "horizontal" one spans the full width over a band of rows. Stripes are clipped at the border.
 
 Reference (arXiv 2308.16150, authors' code): 128 px images, 16 px stripes; training starts uniform over
-even offsets 0..126; inference uses 64 vertical + 64 horizontal stripes at a 2 px stride.
+even offsets 0..126; inference uses 64 vertical + 64 horizontal stripes at a 2 px stride. At other sizes the
+widths and strides are scaled by `mmccd.config.scale_from_reference`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,6 @@ from torch import Tensor
 from mmccd.errors import ConfigError
 
 DIRECTIONS = ("vertical", "horizontal")
-
-
-def stripe_width_for(size: int, width_at_128: int = 16) -> int:
-    """Stripe width scaled to an image of `size` px: even, at least 2 (16 at 128, 8 at 64, 30 at 240)."""
-    return max(2, 2 * round(width_at_128 * size / 128 / 2))
 
 
 def _stripe_masks(size: int, starts: Tensor, vertical: Tensor, width: int) -> Tensor:
@@ -144,4 +140,4 @@ def make_condition(source: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
 
 
 __all__ = ["DIRECTIONS", "checkerboard_masks", "coverage", "make_condition", "mask_ensemble", "merge_stripes",
-           "random_stripe_masks", "stripe_ensemble", "stripe_width_for"]
+           "random_stripe_masks", "stripe_ensemble"]

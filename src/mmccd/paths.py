@@ -6,11 +6,6 @@ import os
 from pathlib import Path
 
 
-def results_root() -> Path:
-    """Default parent of run folders: $MMCCD_RESULTS or ./results."""
-    return Path(os.environ.get("MMCCD_RESULTS", "results"))
-
-
 def real_data_dir() -> Path | None:
     """The real BraTS cases used by tests and benchmarks: $MMCCD_REAL_DATA or ../shared/data/brats
     next to the repository. None when absent."""

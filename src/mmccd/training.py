@@ -1,4 +1,4 @@
-"""One training loop for every network: AdamW, EMA, AMP, DDP, checkpoints, exact resume.
+"""One training loop for every network: AdamW, EMA, AMP, DDP, exact resume (checkpoints.py holds the files).
 
 The batch drawn at step s depends only on (seed, s): epoch e shuffles the training slices with a
 generator seeded by (seed, e), so a resumed run sees the same data order. Loss randomness (noise,
@@ -19,10 +19,8 @@ import copy
 import csv
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,47 +31,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmccd.config import ExperimentConfig, TrainConfig, to_dict
+from mmccd.checkpoints import load_checkpoint, load_state_checked, save_checkpoint
+from mmccd.config import ExperimentConfig, TrainConfig
 from mmccd.data.batch import SliceBatch, collate_slices
-from mmccd.data.io import atomic_write
-from mmccd.distributed import barrier, dist_info, local_rank
-from mmccd.errors import CheckpointError, MmccdError
-from mmccd.provenance import code_version
+from mmccd.distributed import barrier, dist_info
+from mmccd.errors import ConfigError, DataError, MmccdError
+from mmccd.models import LossFn
+from mmccd.runtime import autocast, autocast_dtype
 
 log = logging.getLogger("mmccd")
-#: loss(net, batch, generator) -> scalar; every randomness from `generator`
-LossFn = Callable[[nn.Module, SliceBatch, torch.Generator], Tensor]
-CHECKPOINT_FORMAT = "mmccd-checkpoint-v1"
-
-
-# ---------------------------------------------------------------- devices and seeds
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' = the local CUDA device if present, else CPU. Under torchrun 'auto' and 'cuda' mean
-    the rank's own GPU, cuda:LOCAL_RANK."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank())
-        return torch.device("cpu")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{local_rank()}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from mmccd.errors import ConfigError
-
-        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------- data order
@@ -103,50 +69,6 @@ class _StepBatches(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary name and rename: a killed process never leaves a truncated file."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load safely (weights_only) and check the format; clear errors for missing/corrupt files."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist: train first (`mmccd train ...`)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt zips/pickles
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read as plain tensors ({type(exc).__name__}); mmccd never unpickles "
-            "objects from checkpoints (torch.load weights_only=True), so "
-            "it is corrupt or not an mmccd checkpoint: delete it and train again") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an mmccd checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def load_state_checked(module: nn.Module, state: dict[str, Tensor], path: Path, what: str = "model") -> None:
-    """load_state_dict with an error that says the checkpoint is from another architecture."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        detail = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", mismatched))
-            if keys
-        )
-        raise CheckpointError(
-            f"checkpoint {path} holds a {what} of another architecture than the configured one ({detail}); "
-            "use the config saved with that checkpoint or train again")
-    module.load_state_dict(state)
 
 
 class TrainingDivergedError(MmccdError):
@@ -211,26 +133,16 @@ def train_network(
     rank, world = dist_info()
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
-        from mmccd.errors import DataError
-
         raise DataError("no training slices: every training subject's slices hold tumour or too little brain",
                         fix="check prepare.min_brain_fraction / train_slice_window or add subjects")
     if tc.batch_size % world:
-        from mmccd.errors import ConfigError
-
         raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by the {world} processes")
 
     net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    use_fp16 = tc.amp == "fp16" and device.type == "cuda"
-    if tc.amp == "fp16" and not use_fp16:
-        log.warning("%s: train.amp fp16 needs CUDA; training in float32 on %s (bf16 works on CPU)", net_name, device)
-    if tc.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        from mmccd.errors import ConfigError
-
-        raise ConfigError(f"{torch.cuda.get_device_name(device)} has no bfloat16: use --amp fp16 (or none)")
-    scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+    amp_dtype = autocast_dtype(tc.amp, device, "train.amp")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
     generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
     if world > 1:  # own dropout draws per rank (rank 0 keeps the single-process stream)
         _seed_rank_rng(tc.seed, rank, 0)
@@ -262,9 +174,6 @@ def train_network(
                         collate_fn=collate_slices, num_workers=tc.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False,
                         generator=torch.Generator())  # own generator: creating the iterator must not draw from the global RNG
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype and (device.type == "cuda" or amp_dtype == torch.bfloat16)
-                else nullcontext())
 
     writer = _Logger(log_dir, net_name, step) if rank == 0 and log_dir is not None else None
     bar = tqdm(total=tc.iterations, initial=step, desc=f"train {net_name}", disable=rank != 0, dynamic_ncols=True)
@@ -279,7 +188,7 @@ def train_network(
         batch = batch.to(device)
         if tc.augment_flip:
             batch = _flip(batch, generator)
-        with autocast:
+        with autocast(amp_dtype, device):
             loss = model(batch, generator)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -301,7 +210,7 @@ def train_network(
         if step % tc.checkpoint_every == 0 or step == stop:
             rng = _gather_rng(generator, world)  # a collective: every rank takes part
             if rank == 0:
-                _save(checkpoint, net, ema, opt, scaler, rng, step, cfg, net_name, previous_seconds + elapsed)
+                save_checkpoint(checkpoint, net, ema, opt, scaler, rng, step, cfg, net_name, previous_seconds + elapsed)
         t_wait = time.perf_counter()
     bar.close()
     if writer:
@@ -374,25 +283,6 @@ def _restore_rng(rng: dict[str, Any], generator: torch.Generator, seed: int, ste
         torch.set_rng_state(rng["torch"])
     else:
         _seed_rank_rng(seed, rank, step)
-
-
-def _save(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          rng: dict[str, Any], step: int, cfg: ExperimentConfig, net_name: str, train_seconds: float) -> None:
-    atomic_torch_save({
-        "format": CHECKPOINT_FORMAT,
-        "net_name": net_name,
-        "method": cfg.method,
-        "config": to_dict(cfg),
-        "code_version": code_version(),
-        "step": step,
-        "finished": step >= cfg.train.iterations,
-        "model": net.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng,  # per-rank lists (see _gather_rng)
-        "train_seconds": train_seconds,  # wall time summed over all sessions of this run
-    }, path)
 
 
 class _Logger:

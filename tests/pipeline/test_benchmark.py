@@ -8,10 +8,14 @@ import pytest
 
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.evaluation.metrics import MapRecord
-from mmccd.evaluation.protocol import load_cache, threshold_protocol
+from mmccd.evaluation.protocol import records_from_arrays, threshold_protocol
 from mmccd.evaluation.thresholds import choose_threshold
 from mmccd.pipeline import benchmark
 from mmccd.pipeline.benchmark import parse_pair, run_benchmark
+from mmccd.pipeline.evaluate import evaluation_key
+from mmccd.pipeline.runs import read_run_config, run_store
+from mmccd.scoring import resolve_scoring
+from mmccd.scoring.slices import load_cache
 
 PRESET = """\
 # tiny, 30 iterations: a benchmark in seconds (synthetic data; the numbers mean nothing)
@@ -99,9 +103,10 @@ def test_threshold_is_the_validation_optimum_of_the_cached_maps(bench):
     root, entries = bench
     path = root / "out" / "runs" / "cyclic-unet_flair-t2" / "maps" / "val_max_tumour.npz"
     val = load_cache(path, str(np.load(path)["signature"]))  # the validation maps the benchmark scored
-    assert val is not None and {r.subject_id for r in val.records} == set(
+    assert val is not None and set(val.subject_ids) == set(
         json.loads((root / "out" / "prepared" / "splits.json").read_text())["val"])
-    assert entries[0]["threshold"] == pytest.approx(choose_threshold(val.records).threshold)
+    records = records_from_arrays(val.subject_ids, val.slice_indices, val.maps, val.gt, val.brain)
+    assert entries[0]["threshold"] == pytest.approx(choose_threshold(records).threshold)
 
 
 def test_resume_skips_finished_work(bench, monkeypatch):
@@ -115,7 +120,8 @@ def test_resume_skips_finished_work(bench, monkeypatch):
 
     monkeypatch.setattr("mmccd.pipeline.runs.train_network", fail)
     monkeypatch.setattr(benchmark, "train_run", fail)
-    monkeypatch.setattr(benchmark, "evaluate_run", fail)
+    monkeypatch.setattr("mmccd.pipeline.evaluate.score_split", fail)  # no map scored again ...
+    monkeypatch.setattr("mmccd.pipeline.evaluate.threshold_protocol", fail)  # ... and no evaluation redone
     again = run_benchmark(root / "cases", out, preset=root / "preset.yaml", methods=["cyclic-unet", "threshold"],
                           test_data=root / "other")
     assert [{k: e[k] for k in REQUIRED if k != "seconds_per_slice"} for e in again] == \
@@ -152,10 +158,15 @@ def test_scoring_choice_is_part_of_the_evaluation_and_the_command(bench):
     """--scoring changes what an evaluation depends on (so a cached one is not reused) and is written down."""
     root, entries = bench
     run = root / "out" / "runs" / "cyclic-unet_flair-t2"
-    args = (run, "max_tumour", benchmark.NO_POSTPROCESS, None, None)
-    auto, own = benchmark.evaluation_fingerprint(*args, "auto"), benchmark.evaluation_fingerprint(*args, "run")
-    assert auto == own  # auto keeps a Cyclic UNet run's own settings ...
-    assert benchmark.evaluation_fingerprint(*args, "reference") != own  # ... another preset's do not
+    cfg, store = read_run_config(run), run_store(run)
+    splits = {"val": (store, store.splits()["val"]), "test": (store, store.splits()["test"])}
+
+    def key(scoring: str) -> str:
+        return evaluation_key(run, cfg, resolve_scoring(cfg, scoring), "max_tumour", benchmark.NO_POSTPROCESS,
+                              splits).digest
+
+    assert key("auto") == key("run")  # auto keeps a Cyclic UNet run's own settings ...
+    assert key("reference") != key("run")  # ... another preset's do not
     cmd = benchmark.benchmark_command(root / "cases", root / "out", "cpu", ["mmccd"], ["flair:t2"], None,
                                       benchmark.NO_POSTPROCESS, benchmark.PROTOCOLS, "reference")
     assert cmd.endswith("--scoring reference")

@@ -15,15 +15,16 @@ import pytest
 import torch
 from reliability_helpers import SUBPROCESS_ENV
 
-import mmccd.data.io as mmccd_io
-import mmccd.training as training
-from mmccd.data.io import atomic_save_npy, atomic_write_text, save_nifti_like
+import mmccd.atomic as mmccd_atomic
+import mmccd.checkpoints as checkpoints
+from mmccd.atomic import DiskFullError, atomic_save_npy, atomic_write_text
+from mmccd.checkpoints import atomic_torch_save
+from mmccd.data.io import save_nifti_like
 from mmccd.data.store import write_case
-from mmccd.training import atomic_torch_save
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from mmccd.data.io import atomic_write
+    from mmccd.atomic import atomic_write
     with atomic_write(sys.argv[1]) as tmp:
         with open(tmp, "wb") as f:
             f.write(b"half of the new content")
@@ -70,17 +71,18 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path, monkeyp
         monkeypatch.setattr(np, "save", lambda file, arr, *a, **k: write_half_then_fail(arr, file))
         call = lambda: atomic_save_npy(path, np.zeros(3))  # noqa: E731
     elif writer == "text":
-        monkeypatch.setattr(mmccd_io.Path, "write_text", lambda self, *a, **k: write_half_then_fail(None, self))
+        monkeypatch.setattr(mmccd_atomic.Path, "write_text", lambda self, *a, **k: write_half_then_fail(None, self))
         call = lambda: atomic_write_text(path, "{}")  # noqa: E731
     elif writer == "nifti":
         monkeypatch.setattr(nib, "save", lambda img, file: write_half_then_fail(img, file))
         ref = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
         call = lambda: save_nifti_like(np.ones((2, 2, 2), np.float32), ref, path)  # noqa: E731
     else:
-        monkeypatch.setattr(training.torch, "save", write_half_then_fail)
+        monkeypatch.setattr(checkpoints.torch, "save", write_half_then_fail)
         call = lambda: atomic_torch_save({"w": torch.zeros(3)}, path)  # noqa: E731
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match=f"no space left to write {path}.* free on its disk") as err:
         call()
+    assert "run the same command again" in str(err.value)  # one actionable line, not an errno dump
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
@@ -102,9 +104,9 @@ def test_a_case_interrupted_before_meta_json_is_not_complete(tmp_path, monkeypat
             _fail()
         real(path, array)
 
-    real = mmccd_io.atomic_save_npy
+    real = mmccd_atomic.atomic_save_npy
     monkeypatch.setattr("mmccd.data.store.atomic_save_npy", fail_on_brain)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError):  # injected in place of the atomic writer itself: the raw error
         write_case(tmp_path, "C1", images + 1, brain, None, {"case_id": "C1"})
     assert not is_complete(tmp_path, "C1")  # never trusted by a resumed prepare or by training
     monkeypatch.undo()

@@ -28,7 +28,7 @@ def test_score_twice_gives_identical_maps(run_cli, runs, phantom, tmp_path, meth
     for out in ("a", "b"):
         result = run_cli("score", "--run", runs[method], "--case", case, "--out", tmp_path / out, "--threshold", "0.1")
         assert result.code == 0, result
-    for suffix in ("anomaly", "mask"):
+    for suffix in ("anomaly", "pred_mask"):
         a, b = (nib.load(tmp_path / out / f"Phantom_00002_{suffix}.nii.gz") for out in ("a", "b"))
         assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), suffix
         assert np.array_equal(a.affine, b.affine)
@@ -42,7 +42,7 @@ def test_score_twice_gives_identical_maps(run_cli, runs, phantom, tmp_path, meth
     assert {k: v for k, v in used.items() if k != "score"} == {k: v for k, v in trained.items() if k != "score"}
     assert used["score"]["seed"] == trained["score"]["seed"]  # the scoring settings used (the run's or a preset's)
     assert info["cases"]["Phantom_00002"]["files"] == [
-        "Phantom_00002_anomaly.nii.gz", "Phantom_00002_mask.nii.gz", "Phantom_00002_montage.png"]
+        "Phantom_00002_anomaly.nii.gz", "Phantom_00002_pred_mask.nii.gz", "Phantom_00002_montage.png"]
 
 
 def test_run_folder_records_config_code_and_packages(runs, prepared):

@@ -81,7 +81,7 @@ def test_training_killed_and_resumed_equals_an_uninterrupted_run(prepared, small
 KILL_DURING_SECOND_CASE = textwrap.dedent("""
     import os, signal, sys
     import mmccd.data.prepare as prepare
-    from mmccd.data.io import atomic_save_npy
+    from mmccd.atomic import atomic_save_npy
     from mmccd.data.store import case_dir
 
     real_write_case, written = prepare.write_case, []

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mmccd
+from mmccd.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from mmccd.errors import CheckpointError
-from mmccd.training import CHECKPOINT_FORMAT, load_checkpoint
 
 SRC = Path(mmccd.__file__).resolve().parent
 

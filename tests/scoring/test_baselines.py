@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from mmccd.config import ExperimentConfig, merge
 from mmccd.data.batch import SliceBatch
 from mmccd.errors import ConfigError
+from mmccd.models import NoiseSchedule
 from mmccd.scoring import build_method, method_class
-from mmccd.scoring.baselines.ddpm import ddim_timesteps
 from mmccd.scoring.baselines.noise import coarse_noise, gradient_noise
 
 SIZE = 16
@@ -92,13 +92,12 @@ def test_output_contract(name):
     torch.manual_seed(0)
     method = build_method(make_cfg(name)).eval()
     batch, _ = with_blob(phantom())
-    out = method.score(batch, torch.Generator().manual_seed(0))
-    amap = out["anomaly_map"]
+    out = method.score(batch, method.cfg.score, torch.Generator().manual_seed(0))
+    amap = out.anomaly_map
     assert amap.shape == (4, 1, SIZE, SIZE)
     assert torch.isfinite(amap).all() and (amap >= 0).all()
     assert (amap[~batch.brain_mask] == 0).all()
     assert set(method.losses()) == set(method.nets.keys())
-    assert not method.needs_target_for_training
 
 
 @pytest.mark.parametrize("noise_type", ["gaussian", "simplex"])
@@ -106,21 +105,25 @@ def test_ddpm_score_is_reproducible_and_ensembles_levels(noise_type):
     torch.manual_seed(0)
     method = build_method(make_cfg("ddpm", noise_type=noise_type, noise_levels=[50, 150])).eval()
     batch = phantom(2)
-    a = method.score(batch)["anomaly_map"]  # generator None: seeded from cfg.score.seed
-    b = method.score(batch)["anomaly_map"]
+    a = method.score(batch, method.cfg.score).anomaly_map  # generator None: seeded from settings.seed
+    b = method.score(batch, method.cfg.score).anomaly_map
     assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
 # ---------------------------------------------------------------- threshold
 
 
+def score(cfg: ExperimentConfig, batch: SliceBatch) -> torch.Tensor:
+    return build_method(cfg).score(batch, cfg.score).anomaly_map
+
+
 def test_threshold_matches_hand_computation():
     src = torch.tensor([[[[-1.0, 0.0], [0.5, 1.0]]]])
     mask = torch.tensor([[[[False, True], [True, True]]]])
     batch = SliceBatch(source=src, target=src, brain_mask=mask, subject_id=["a"], slice_index=torch.tensor([0]))
-    bright = build_method(make_cfg("threshold", source="flair")).score(batch)["anomaly_map"]
-    dark = build_method(make_cfg("threshold", source="t1")).score(batch)["anomaly_map"]
-    forced = build_method(make_cfg("threshold", source="t1", threshold_sign="bright")).score(batch)["anomaly_map"]
+    bright = score(make_cfg("threshold", source="flair"), batch)
+    dark = score(make_cfg("threshold", source="t1"), batch)
+    forced = score(make_cfg("threshold", source="t1", threshold_sign="bright"), batch)
     assert torch.allclose(bright, torch.tensor([[[[0.0, 0.5], [0.75, 1.0]]]]))
     assert torch.allclose(dark, torch.tensor([[[[0.0, 0.5], [0.25, 0.0]]]]))
     assert torch.equal(forced, bright)
@@ -128,7 +131,7 @@ def test_threshold_matches_hand_computation():
 
 def test_threshold_rejects_unknown_sign():
     with pytest.raises(ConfigError, match="threshold_sign"):
-        build_method(make_cfg("threshold", threshold_sign="up"))
+        make_cfg("threshold", threshold_sign="up")
 
 
 # ---------------------------------------------------------------- oracle reconstructions
@@ -141,9 +144,9 @@ def test_perfect_reconstruction_scores_zero(name):
     batch = phantom()
     # an AE that reproduces its input; a DDPM that predicts x0 = the clean source
     install(method, nn.Identity() if name in ("ae", "dae") else Oracle(batch.source))
-    out = method.score(batch, torch.Generator().manual_seed(0))
-    assert torch.equal(out["anomaly_map"], torch.zeros_like(batch.source))
-    assert torch.equal(out["reconstruction"], batch.source)
+    out = method.score(batch, method.cfg.score, torch.Generator().manual_seed(0))
+    assert torch.equal(out.anomaly_map, torch.zeros_like(batch.source))
+    assert torch.equal(out.reconstruction, batch.source)
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -153,7 +156,7 @@ def test_unreconstructed_blob_is_anomalous(name):
     healthy = phantom()
     batch, blob = with_blob(healthy)
     install(method, Oracle(healthy.source))  # the network only knows healthy anatomy
-    amap = method.score(batch, torch.Generator().manual_seed(0))["anomaly_map"]
+    amap = method.score(batch, method.cfg.score, torch.Generator().manual_seed(0)).anomaly_map
     assert (amap[blob] > 0.5).all()
     assert (amap[~blob] == 0).all()
 
@@ -220,6 +223,7 @@ def test_coarse_noise_has_the_requested_scale_and_is_smooth():
 
 
 def test_ddim_timesteps_are_respaced_over_the_partial_range():
-    assert ddim_timesteps(500, 6) == [500, 400, 300, 200, 100, 0]
-    assert ddim_timesteps(500, 1) == [500]
-    assert ddim_timesteps(3, 10) == [3, 2, 1, 0]
+    schedule = NoiseSchedule(1000)
+    assert schedule.timesteps(6, "linspace", start=500) == [500, 400, 300, 200, 100, 0]
+    assert schedule.timesteps(1, "linspace", start=500) == [500]
+    assert schedule.timesteps(10, "linspace", start=3) == [3, 2, 1, 0]

@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig, load_score_preset, merge
+import mmccd.scoring.mmccd as mmccd_scoring
+from mmccd.config import ExperimentConfig, ScoreConfig, load_score_preset, merge
 from mmccd.data.batch import SliceBatch
 from mmccd.masks import coverage
-from mmccd.models.masked_diffusion import ddim_timesteps
 from mmccd.models.noise_schedule import NoiseSchedule
+from mmccd.scoring.base import ScoreOutput
 from mmccd.scoring.mmccd import MMCCD
 
 SIZE = 16
@@ -35,8 +36,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_method(**score: object) -> MMCCD:
-    cfg = merge(ExperimentConfig(), {**TINY, "score": {**TINY["score"], **score}})
+def settings(**score: object) -> ScoreConfig:
+    """The tiny config's score section with `score` changed."""
+    return dataclasses.replace(merge(ExperimentConfig(), TINY).score, **score)
+
+
+def make_method() -> MMCCD:
+    cfg = merge(ExperimentConfig(), TINY)
     torch.manual_seed(0)
     method = MMCCD(cfg)
     g = torch.Generator().manual_seed(1)
@@ -45,11 +51,6 @@ def make_method(**score: object) -> MMCCD:
             if p.dim() > 1 and p.abs().max() == 0:
                 p.normal_(0, 0.05, generator=g)
     return method.eval()
-
-
-def with_score(method: MMCCD, **score: object) -> MMCCD:
-    method.cfg = dataclasses.replace(method.cfg, score=dataclasses.replace(method.cfg.score, **score))
-    return method
 
 
 def slices(n: int = 3, seed: int = 0) -> SliceBatch:
@@ -62,8 +63,9 @@ def slices(n: int = 3, seed: int = 0) -> SliceBatch:
                       slice_index=torch.arange(n))
 
 
-def run(method: MMCCD, batch: SliceBatch, seed: int = 0) -> dict[str, Tensor]:
-    return method.score(batch, torch.Generator().manual_seed(seed))
+def run(method: MMCCD, batch: SliceBatch, seed: int = 0, **score: object) -> dict[str, Tensor]:
+    out = method.score(batch, settings(**score), torch.Generator().manual_seed(seed))
+    return {k: getattr(out, k) for k in ("anomaly_map", "translation", "reconstruction")}
 
 
 def test_output_contract_and_network_evaluations():
@@ -72,8 +74,8 @@ def test_output_contract_and_network_evaluations():
     for key in ("anomaly_map", "translation", "reconstruction"):
         assert out[key].shape == batch.source.shape and torch.isfinite(out[key]).all()
     assert (out["anomaly_map"][~batch.brain_mask] == 0).all() and out["anomaly_map"].max() > 0
-    assert method.network_evaluations() == 8 * 3 + 8
-    assert with_score(method, composite=True, ddim_steps=1).network_evaluations(slices=2) == 2 * (8 + 1)
+    assert method.network_evaluations(settings()) == 8 * 3 + 8
+    assert method.network_evaluations(settings(composite=True, ddim_steps=1), slices=2) == 2 * (8 + 1)
 
 
 def test_reproducible_with_the_same_generator():
@@ -81,16 +83,17 @@ def test_reproducible_with_the_same_generator():
     a, b, c = run(method, batch, 0), run(method, batch, 0), run(method, batch, 1)
     assert torch.equal(a["anomaly_map"], b["anomaly_map"])
     assert not torch.allclose(a["anomaly_map"], c["anomaly_map"])
-    d = method.score(batch)["anomaly_map"]  # no generator: seeded from cfg.score.seed
-    assert torch.equal(d, method.score(batch)["anomaly_map"])
+    d = method.score(batch, settings()).anomaly_map  # no generator: seeded from settings.seed
+    assert isinstance(method.score(batch, settings()), ScoreOutput)
+    assert torch.equal(d, method.score(batch, settings()).anomaly_map)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_batched_masks_equal_one_mask_at_a_time(eta: float):
-    method, batch = make_method(eta=eta), slices()
-    loop = run(with_score(method, mask_batch=1, slice_batch=1), batch)
-    batched = run(with_score(method, mask_batch=8, slice_batch=1), batch)
-    uneven = run(with_score(method, mask_batch=3, slice_batch=1), batch)  # chunks cross mask boundaries
+    method, batch = make_method(), slices()
+    loop = run(method, batch, eta=eta, mask_batch=1, slice_batch=1)
+    batched = run(method, batch, eta=eta, mask_batch=8, slice_batch=1)
+    uneven = run(method, batch, eta=eta, mask_batch=3, slice_batch=1)  # chunks cross mask boundaries
     for out in (batched, uneven):
         for key in loop:
             torch.testing.assert_close(out[key], loop[key], rtol=1e-4, atol=1e-5)
@@ -98,22 +101,23 @@ def test_batched_masks_equal_one_mask_at_a_time(eta: float):
 
 @pytest.mark.parametrize("composite", [False, True])
 def test_several_slices_per_call_equal_one_slice_per_call(composite: bool):
-    method, batch = make_method(composite=composite), slices(4)
-    one = run(with_score(method, slice_batch=1), batch)
-    many = run(with_score(method, slice_batch=4), batch)
+    method, batch = make_method(), slices(4)
+    one = run(method, batch, composite=composite, slice_batch=1)
+    many = run(method, batch, composite=composite, slice_batch=4)
     for key in one:
         torch.testing.assert_close(many[key], one[key], rtol=1e-4, atol=1e-5)
     # a slice's map depends on its position in the generator's stream, not on the slices scored with it
     first_two = dataclasses.replace(batch, source=batch.source[:2], target=batch.target[:2],
                                     brain_mask=batch.brain_mask[:2], subject_id=batch.subject_id[:2],
                                     slice_index=batch.slice_index[:2])
-    torch.testing.assert_close(run(method, first_two)["anomaly_map"], many["anomaly_map"][:2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(run(method, first_two, composite=composite)["anomaly_map"], many["anomaly_map"][:2],
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_channels_last_equals_contiguous():
     batch = slices()
     contiguous = run(make_method(), batch)
-    last = run(make_method(channels_last=True), batch)
+    last = run(make_method(), batch, channels_last=True)
     for key in contiguous:
         torch.testing.assert_close(last[key], contiguous[key], rtol=1e-4, atol=1e-5)
 
@@ -121,7 +125,7 @@ def test_channels_last_equals_contiguous():
 def test_bf16_autocast_close_to_fp32():
     batch = slices()
     fp32 = run(make_method(), batch)["anomaly_map"]
-    bf16 = run(make_method(amp="bf16"), batch)["anomaly_map"]
+    bf16 = run(make_method(), batch, amp="bf16")["anomaly_map"]
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max()
 
@@ -141,11 +145,11 @@ class Recorder(nn.Module):
 
 
 def test_condition_has_noise_exactly_where_the_mask_is_zero():
-    method, batch = make_method(mask_batch=8, ddim_steps=2), slices(1)
+    method, batch = make_method(), slices(1)
     recorder = Recorder()
     method.nets["source_to_target"].net = recorder  # type: ignore[union-attr]
-    run(method, batch)
-    masks = method.masks()
+    run(method, batch, mask_batch=8, ddim_steps=2)
+    masks = method.masks(settings())
     assert len(recorder.inputs) == 2  # one call per DDIM step, all 8 masks in it
     for x in recorder.inputs:
         c = x[:, 1:]
@@ -161,21 +165,21 @@ def test_condition_has_noise_exactly_where_the_mask_is_zero():
     assert all(torch.equal(x_T[j], x_T[0]) for j in range(len(masks)))
 
 
-def test_aggregation_is_the_mean_error_over_the_covering_masks():
+def test_aggregation_is_the_mean_error_over_the_covering_masks(monkeypatch):
     """Mock forward: a known image per mask; mock backward: identity. Then s_hat_j = y_j and the map at
     a pixel is the mean of (s - y_j)^2 over the masks j that hide it (composite: (s - mean_j y_j)^2)."""
-    method, batch = make_method(mask_batch=3), slices(2)
-    masks = method.masks()
+    method, batch = make_method(), slices(2)
+    masks = method.masks(settings())
     known = torch.rand(len(masks), 1, SIZE, SIZE, generator=torch.Generator().manual_seed(4)) * 2 - 1
 
-    def fake_sample(source: Tensor, mask: Tensor, **_: object) -> Tensor:
+    def fake_sample(model: object, schedule: object, source: Tensor, mask: Tensor, **_: object) -> Tensor:
         idx = [next(j for j in range(len(masks)) if torch.equal(m, masks[j])) for m in mask]
         return known[idx]
 
-    method.nets["source_to_target"].sample = fake_sample  # type: ignore[union-attr, assignment]
+    monkeypatch.setattr(mmccd_scoring, "sample_masked", fake_sample)
     method.nets["target_to_source"] = nn.Identity()
-    out = run(method, batch)
-    composite = run(with_score(method, composite=True), batch)
+    out = run(method, batch, mask_batch=3)
+    composite = run(method, batch, mask_batch=3, composite=True)
     brain = batch.brain_mask.float()
     for i in range(len(batch)):
         s = batch.source[i, 0]
@@ -192,22 +196,24 @@ def test_aggregation_is_the_mean_error_over_the_covering_masks():
 
 def test_mask_families_cover_every_pixel():
     method = make_method()
-    assert method.masks().shape[0] == 8 and coverage(method.masks()).min() == 2  # 4 + 4 tiling stripes
-    merged = with_score(method, stripes_per_mask=2).masks()
-    assert merged.shape[0] == 4 and torch.equal(coverage(merged), coverage(method.masks()))
-    one_dir = with_score(method, stripes_per_mask=1, num_masks=4, mask_directions=("vertical",)).masks()
+    tiling = method.masks(settings())
+    assert tiling.shape[0] == 8 and coverage(tiling).min() == 2  # 4 + 4 tiling stripes
+    merged = method.masks(settings(stripes_per_mask=2))
+    assert merged.shape[0] == 4 and torch.equal(coverage(merged), coverage(tiling))
+    one_dir = method.masks(settings(stripes_per_mask=1, num_masks=4, mask_directions=("vertical",)))
     assert one_dir.shape[0] == 4 and coverage(one_dir).min() == 1
-    board = with_score(method, mask_family="checkerboard", num_masks=8, mask_directions=("vertical", "horizontal"))
-    assert board.masks().shape[0] == 2 and torch.equal(coverage(board.masks()), torch.ones(SIZE, SIZE, dtype=torch.long))
-    assert torch.isfinite(run(board, slices(1))["anomaly_map"]).all()
+    board = dict(mask_family="checkerboard", num_masks=8, mask_directions=("vertical", "horizontal"))
+    assert method.masks(settings(**board)).shape[0] == 2
+    assert torch.equal(coverage(method.masks(settings(**board))), torch.ones(SIZE, SIZE, dtype=torch.long))
+    assert torch.isfinite(run(method, slices(1), **board)["anomaly_map"]).all()
 
 
 def test_trailing_spacing_starts_at_pure_noise():
     schedule = NoiseSchedule(1000)
-    assert ddim_timesteps(schedule, 1, "trailing") == [999]
-    assert ddim_timesteps(schedule, 4, "trailing") == [999, 749, 499, 249]
-    assert ddim_timesteps(schedule, 1, "leading") == [0]  # the reference rule: pure noise treated as t = 0
-    assert ddim_timesteps(schedule, 100, "leading")[:2] == [990, 980]
+    assert schedule.timesteps(1, "trailing") == [999]
+    assert schedule.timesteps(4, "trailing") == [999, 749, 499, 249]
+    assert schedule.timesteps(1, "leading") == [0]  # the reference rule: pure noise treated as t = 0
+    assert schedule.timesteps(100, "leading")[:2] == [990, 980]
 
 
 def test_score_presets():

@@ -1,8 +1,7 @@
 """Torch access to prepared slices: items for `collate_slices`, paired by subject id and slice index.
 
-Augmentation (random left-right flip) is normally done by the training loop on whole batches
-(training.py, `train.augment_flip`); `flip=True` here is a deterministic per-item alternative:
-the draw depends only on (seed, epoch, index), so it is the same in any DataLoader worker.
+Augmentation (random left-right flip) is done by the training loop on whole batches (training.py,
+`train.augment_flip`), from its checkpointed generator.
 """
 
 from __future__ import annotations
@@ -47,9 +46,8 @@ class SliceDataset(Dataset):
     (filled -1) except for slices="train"."""
 
     def __init__(self, store: PreparedStore, case_ids: Sequence[str], source: str, target: str,
-                 slices: str = "train", flip: bool = False, seed: int = 0):
+                 slices: str = "train"):
         self.store, self.source, self.target, self.slices = store, source, target, slices
-        self.flip, self.seed, self.epoch = flip, seed, 0
         modalities = store.modalities
         self._src, self._tgt = _channel(modalities, source), _channel(modalities, target)
         self.index: list[tuple[str, int]] = []
@@ -58,10 +56,6 @@ class SliceDataset(Dataset):
             _check_present(meta, source, target, need_target=slices == "train")
             self.index += [(case_id, p) for p in positions(meta, slices)]
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the flip draws (flip=True) for a new epoch."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -77,7 +71,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, Any]:
         case_id, p = self.index[idx]
         images, brain, seg = self._case_arrays(case_id)
-        item = {
+        return {
             "source": torch.from_numpy(images[p, self._src].astype(np.float32))[None],
             "target": torch.from_numpy(images[p, self._tgt].astype(np.float32))[None],
             "brain_mask": torch.from_numpy(brain[p] > 0)[None],
@@ -85,11 +79,6 @@ class SliceDataset(Dataset):
             "subject_id": case_id,
             "slice_index": int(self.store.meta(case_id)["slice_indices"][p]),
         }
-        if self.flip and np.random.default_rng([self.seed, self.epoch, idx]).random() < 0.5:
-            for k in ("source", "target", "brain_mask", "gt_mask"):
-                if item[k] is not None:
-                    item[k] = item[k].flip(-1)
-        return item
 
 
 def slices_from_prepared(prepared: PreparedCase, source: str, target: str, which: str = "all") -> SliceBatch:

@@ -1,22 +1,16 @@
-"""NIfTI reading with errors a user can act on, and atomic writes (temp name + os.replace).
-
-Every file this package writes goes through `atomic_write`: a reader (or a resumed run) never
-sees a half-written file, only the old one or the new one.
-"""
+"""NIfTI reading with errors a user can act on, and writing maps on an input's voxel grid (atomically)."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from mmccd.atomic import atomic_write
 from mmccd.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -32,46 +26,6 @@ def strip_nifti_suffix(name: str) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-# ---------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path` (same suffixes); on success it replaces `path`.
-
-        with atomic_write(out / "images.npy") as tmp:
-            np.save(tmp, array)
-
-    On an exception the temporary file is removed and `path` is left untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    """np.save to `path` (which must end in .npy) atomically."""
-    with atomic_write(path) as tmp:
-        np.save(tmp, array)
 
 
 # ---------------------------------------------------------------- NIfTI

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from mmccd.data.io import atomic_write, atomic_write_text
+from mmccd.atomic import atomic_write, atomic_write_text
 
 # relative intensities per tissue and contrast (roughly as real MRI)
 #                 T1    T1ce  T2    FLAIR

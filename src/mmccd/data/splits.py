@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mmccd.data.io import atomic_write_text
+from mmccd.atomic import atomic_write_text
 from mmccd.errors import DataError
 
 log = logging.getLogger("mmccd")

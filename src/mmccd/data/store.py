@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 import mmccd
+from mmccd.atomic import atomic_save_npy, atomic_write_text
 from mmccd.config import MODALITIES, PrepareConfig, merge, to_dict
-from mmccd.data.io import atomic_save_npy, atomic_write_text
 from mmccd.errors import ConfigError, DataError
 
 PREPARE_JSON = "prepare.json"

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from mmccd.data.io import atomic_write as atomic_path
+from mmccd.atomic import atomic_write as atomic_path
 
 MAP_CMAP = "inferno"
 GT_COLOR, PRED_COLOR = "#00e676", "#ff1744"

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from mmccd.data.io import atomic_write_text
+from mmccd.atomic import atomic_write_text
 from mmccd.evaluation.metrics import METRICS, EvalResult
 
 _LABELS = {"dice": "Dice", "auroc": "AUROC", "auprc": "AUPRC"}

@@ -14,14 +14,14 @@ clip_denoised=False), refilling the masked part of c with fresh noise at every s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmccd.masks import make_condition
-from mmccd.models.noise_schedule import NoiseSchedule
+from mmccd.models.noise_schedule import NoiseSchedule, ddim_loop
 from mmccd.models.unet import UNet
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -40,24 +40,6 @@ def _randn(shape: torch.Size, generator: Generators, like: Tensor) -> Tensor:
         raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: pass one per row")
     rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]
     return torch.cat(rows).to(like.device, like.dtype)
-
-
-def ddim_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "leading") -> list[int]:
-    """Descending timesteps to sample with.
-
-    "leading": the reference's DDIM respacing (guided-diffusion), floor(i T / n) reversed: 990, ..., 0 for
-    100 of 1000 steps; with few steps it starts far below T (1 step: t = 0, 2 steps: 500, 0), i.e. it
-    treats pure noise x_T as an almost clean image. "trailing": T - 1 - floor(i T / n) = 999, 989, ..., 9:
-    always starts at T - 1, where x_T is pure noise (Lin et al., arXiv 2305.08891, Table 2); 1 step is
-    then a single x0 prediction from x_T and the context.
-    """
-    if spacing == "leading":
-        return schedule.timesteps(num_steps).tolist()
-    if spacing == "trailing":
-        if not 1 <= num_steps <= schedule.num_timesteps:
-            raise ValueError(f"num_steps must be in [1, {schedule.num_timesteps}], found {num_steps}")
-        return [schedule.num_timesteps - 1 - (i * schedule.num_timesteps) // num_steps for i in range(num_steps)]
-    raise ValueError(f"unknown timestep spacing '{spacing}': expected 'leading' or 'trailing'")
 
 
 class MaskedConditionalDiffusion(nn.Module):
@@ -93,33 +75,41 @@ class MaskedConditionalDiffusion(nn.Module):
         # 4. predict x0 and regress it onto the clean target over the whole image
         return F.mse_loss(self(x_t, c, t), target)
 
-    @torch.no_grad()
     def sample(self, source: Tensor, mask: Tensor, num_steps: int = 100, eta: float = 0.0,
                generator: Generators = None, x_T: Tensor | None = None, spacing: str = "leading") -> Tensor:
-        """DDIM-generate the target under the masks: source, mask (B, 1, H, W) -> x0 (B, 1, H, W).
-
-        B is typically masks x slices flattened: the caller batches many masks of one slice. x_T (B, 1, H, W)
-        is the initial noise (e.g. one noise image expanded over all masks of a slice); drawn from
-        `generator` if None. `generator` may be one per row (a sequence of B): row b's noise then comes
-        from generator[b] alone. Draw order per step: condition noise, then (eta > 0) the DDIM noise.
-        `spacing`: see `ddim_timesteps`. Put the net in eval() first: dropout in train mode would make
-        samples irreproducible. Under autocast the net's output is cast back to x's dtype for the update.
-        """
-        # 1. initial noise x_T
-        x = _randn(source.shape, generator, source) if x_T is None else x_T.to(source.device, source.dtype)
-        steps = ddim_timesteps(self.schedule, num_steps, spacing)
-        x0_pred = x
-        for i, t in enumerate(steps):
-            t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-            # 2. refill the masked part of the condition with fresh noise (every step, as the reference)
-            c = make_condition(source, mask, _randn(source.shape, generator, source))
-            # 3. predict x0 at step t
-            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            x0_pred = self(x, c, t_batch).to(x.dtype)
-            # 4. DDIM update to t_prev (t_prev = -1: the final x0_pred)
-            noise = _randn(x.shape, generator, x) if eta > 0 else None
-            x = self.schedule.ddim_step(x, x0_pred, t, t_prev, eta=eta, noise=noise)
-        return x0_pred
+        """`sample_masked` with this model (put it in eval() first)."""
+        return sample_masked(self, self.schedule, source, mask, num_steps, eta, generator, x_T, spacing)
 
 
-__all__ = ["MaskedConditionalDiffusion", "ddim_timesteps"]
+Model = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, condition, t) -> x0_pred: the module, or its compiled form
+
+
+@torch.no_grad()
+def sample_masked(model: Model, schedule: NoiseSchedule, source: Tensor, mask: Tensor, num_steps: int = 100,
+                  eta: float = 0.0, generator: Generators = None, x_T: Tensor | None = None,
+                  spacing: str = "leading") -> Tensor:
+    """DDIM-generate the target under the masks: source, mask (B, 1, H, W) -> x0 (B, 1, H, W).
+
+    B is typically masks x slices flattened: the caller batches many masks of one slice. x_T (B, 1, H, W)
+    is the initial noise (e.g. one noise image expanded over all masks of a slice); drawn from
+    `generator` if None. `generator` may be one per row (a sequence of B): row b's noise then comes
+    from generator[b] alone. Draw order per step: condition noise, then (eta > 0, not at the last step)
+    the DDIM noise. `spacing`: NoiseSchedule.timesteps. Dropout must be off (eval()) for reproducible
+    samples. Under autocast the net's output is cast back to x's dtype for the update.
+    """
+    # 1. initial noise x_T
+    x = _randn(source.shape, generator, source) if x_T is None else x_T.to(source.device, source.dtype)
+
+    def predict_x0(x_t: Tensor, t: int) -> Tensor:
+        # 2. refill the masked part of the condition with fresh noise (every step, as the reference)
+        c = make_condition(source, mask, _randn(source.shape, generator, source))
+        # 3. predict x0 at step t
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        return model(x_t, c, t_batch).to(x_t.dtype)
+
+    # 4. the DDIM loop (mmccd.models convention)
+    return ddim_loop(predict_x0, x, schedule.timesteps(num_steps, spacing), schedule, eta,
+                     lambda: _randn(x.shape, generator, x))
+
+
+__all__ = ["MaskedConditionalDiffusion", "sample_masked"]

@@ -17,6 +17,8 @@ Schedule tensors live on the CPU and are moved to the data's device when indexed
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -78,17 +80,32 @@ class NoiseSchedule:
         return (x_t - abar.sqrt() * x0_pred) / (1.0 - abar).sqrt()
 
     # ------------------------------------------------------------------ respacing
-    def timesteps(self, num_steps: int) -> Tensor:
-        """Descending (num_steps,) long tensor of timesteps to sample with.
+    def timesteps(self, num_steps: int, spacing: str = "leading", start: int | None = None) -> list[int]:
+        """Descending timesteps to sample with: the one timestep rule (as diffusers' `set_timesteps`).
 
-        Rule: t_i = floor(i * T / num_steps) for i = 0..num_steps-1, then reversed. When num_steps divides T
-        this is exactly range(0, T, T // num_steps) (DDIM "uniform" respacing: 100 of 1000 -> 990, 980, ..., 0);
-        otherwise the spacing alternates between floor(T/n) and ceil(T/n) and still ends at 0.
+        "leading" (the reference's DDIM respacing, guided-diffusion): t_i = floor(i T / n), i = 0..n-1, reversed;
+            100 of 1000 -> 990, 980, ..., 0 (exactly range(0, T, T // n) when n divides T). With few steps it
+            starts far below T (1 step: t = 0; 2 steps: 500, 0), treating pure noise x_T as almost clean.
+        "trailing": T - 1 - floor(i T / n) = 999, 989, ..., 9 for 100 of 1000: always starts at T - 1, where x_T
+            is pure noise (Lin et al., arXiv 2305.08891, Table 2); 1 step is one x0 prediction from x_T.
+        "linspace" from `start` (partial diffusion, AnoDDPM-style: the image was noised to t = start):
+            round(linspace(start, 0, n)), repeats removed: 500 in 6 steps -> 500, 400, ..., 0; 1 step -> [start].
         """
+        if spacing == "linspace":
+            start = self.num_timesteps - 1 if start is None else start
+            self._check_t(start)
+            ts = torch.linspace(start, 0, max(1, num_steps)).round().long().unique_consecutive()
+            return ts.tolist()
+        if start is not None:
+            raise ValueError(f"a partial start (start={start}) needs spacing 'linspace', not '{spacing}'")
         if not 1 <= num_steps <= self.num_timesteps:
             raise ValueError(f"num_steps must be in [1, {self.num_timesteps}], found {num_steps}")
         steps = [(i * self.num_timesteps) // num_steps for i in range(num_steps)]
-        return torch.tensor(steps[::-1], dtype=torch.long)
+        if spacing == "leading":
+            return steps[::-1]
+        if spacing == "trailing":
+            return [self.num_timesteps - 1 - s for s in steps]
+        raise ValueError(f"unknown timestep spacing '{spacing}': expected leading, trailing or linspace")
 
     # ------------------------------------------------------------------ reverse updates
     def ddim_step(self, x_t: Tensor, x0_pred: Tensor, t: int | Tensor, t_prev: int | Tensor,
@@ -141,4 +158,24 @@ class NoiseSchedule:
         return mean + var.sqrt() * noise
 
 
-__all__ = ["NoiseSchedule"]
+def ddim_loop(predict_x0: Callable[[Tensor, int], Tensor], x_T: Tensor, timesteps: Sequence[int],
+              schedule: NoiseSchedule, eta: float = 0.0, draw_noise: Callable[[], Tensor] | None = None) -> Tensor:
+    """The DDIM loop of every x0-predicting model here (the convention of mmccd.models): returns the last x0_pred.
+
+    For each t of the descending `timesteps`: 1. x0_pred = predict_x0(x, t) (the caller draws any per-step
+    noise of its own inside, e.g. MMCCD's condition refill); 2. after the last t, return x0_pred; else
+    3. with eta > 0 draw the DDIM noise (`draw_noise()`, after step 1's draws) and 4. x = ddim_step(x, x0_pred,
+    t, t_prev). x_T (B, ...) is the start (pure noise, or a partially noised image)."""
+    x = x_T
+    for i, t in enumerate(timesteps):
+        x0_pred = predict_x0(x, t)
+        if i + 1 == len(timesteps):
+            return x0_pred
+        if eta > 0 and draw_noise is None:
+            raise ValueError("ddim_loop with eta > 0 needs draw_noise (draw it from your generator)")
+        noise = draw_noise() if eta > 0 else None  # type: ignore[misc]
+        x = schedule.ddim_step(x, x0_pred, t, timesteps[i + 1], eta=eta, noise=noise)
+    raise ValueError("ddim_loop needs at least one timestep")
+
+
+__all__ = ["NoiseSchedule", "ddim_loop"]

@@ -1,4 +1,4 @@
-"""Deterministic contrast translation with a plain (time-free) UNet.
+"""Deterministic contrast translation with a plain (time-free) UNet, and its loss.
 
 The backward model of MMCCD (target -> source) and both directions of the Cyclic UNet
 (arXiv 2308.16150, Sec. 3): x (B, 1, H, W) -> (B, 1, H, W), trained with MSE.
@@ -13,27 +13,14 @@ from mmccd.config import NetworkConfig
 from mmccd.models.unet import UNet
 
 
-class TranslationUNet(nn.Module):
-    """Wraps a UNet(1 -> 1, time_conditioning=False, cond_dim=None)."""
-
-    def __init__(self, net: UNet):
-        super().__init__()
-        if net.time_conditioning or net.cond_dim:
-            raise ValueError("TranslationUNet needs a plain UNet: time_conditioning=False and cond_dim=None")
-        self.net = net
-
-    @classmethod
-    def from_config(cls, net_cfg: NetworkConfig, image_size: int, channels: int = 1) -> TranslationUNet:
-        return cls(UNet.from_config(net_cfg, in_channels=channels, out_channels=channels, image_size=image_size,
-                                    time_conditioning=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) source contrast -> (B, C, H, W) translated contrast."""
-        return self.net(x)
-
-    def loss(self, source_img: Tensor, target_img: Tensor) -> Tensor:
-        """MSE between the translation of source_img and target_img, both (B, C, H, W)."""
-        return F.mse_loss(self(source_img), target_img)
+def translation_unet(net_cfg: NetworkConfig, image_size: int) -> UNet:
+    """A plain UNet mapping one contrast to another: (B, 1, S, S) -> (B, 1, S, S), no time or latent input."""
+    return UNet.from_config(net_cfg, in_channels=1, out_channels=1, image_size=image_size, time_conditioning=False)
 
 
-__all__ = ["TranslationUNet"]
+def translation_loss(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Scalar MSE between net(x) and y over the whole image, both (B, 1, H, W)."""
+    return F.mse_loss(net(x), y)
+
+
+__all__ = ["translation_loss", "translation_unet"]

@@ -11,7 +11,7 @@
 
 It resumes where it stopped: prepared cases are reused; a run whose networks are all finished is
 not trained again (`train_run` is not called); maps are cached in RUN/maps/; an evaluation whose
-inputs are unchanged (eval-*/benchmark.json holds their fingerprint) is read back, not recomputed.
+inputs are unchanged (the fingerprint in eval-*/metrics.json) is read back, not recomputed.
 """
 
 from __future__ import annotations
@@ -26,19 +26,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmccd.config import MODALITIES, ExperimentConfig, PrepareConfig, load_config, to_dict, with_scoring
-from mmccd.data.io import atomic_write_text
+from mmccd.atomic import atomic_write_text
+from mmccd.checkpoints import load_checkpoint
+from mmccd.config import (
+    METHODS,
+    MODALITIES,
+    ExperimentConfig,
+    PrepareConfig,
+    ScoreConfig,
+    load_config,
+    to_dict,
+)
 from mmccd.data.prepare import PrepareSummary, prepare_dataset
 from mmccd.data.store import PREPARE_JSON, SPLITS_JSON, PreparedStore
 from mmccd.errors import ConfigError, DataError, OutputExistsError
 from mmccd.evaluation.postprocess import PostProcess
-from mmccd.evaluation.report import to_jsonable
 from mmccd.pipeline.benchmark_report import make_entry, write_results
-from mmccd.pipeline.evaluate import _checkpoint_signature, evaluate_run
+from mmccd.pipeline.evaluate import Evaluation, evaluate_run
 from mmccd.pipeline.runs import read_run_config, read_run_info, train_run
 from mmccd.provenance import code_version
-from mmccd.scoring import build_method
-from mmccd.training import load_checkpoint
+from mmccd.scoring import build_method, method_class, resolve_scoring
 
 log = logging.getLogger("mmccd")
 
@@ -106,7 +113,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     if bad or not protocols:
         raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
     for m in methods:  # an unknown method or scoring preset fails now, not after hours
-        build_method(with_scoring(load_config(preset, {"method": m}), scoring))
+        build_method(load_config(preset, {"method": m}))
+        resolve_scoring(load_config(preset, {"method": m}), scoring)
     _prepare_out(out, overwrite)
 
     base = load_config(preset)
@@ -129,16 +137,17 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                     "overlapping_ids": overlap}
 
     entries: list[dict[str, Any]] = []
-    evaluations: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (run, test set) -> {slices: ...}
+    evaluations: dict[tuple[str, str], dict[str, Evaluation]] = {}  # (run, test set) -> {slices: evaluation}
     for source, target in pair_list:
-        for method in sorted(methods, key=lambda m: m != "cyclic-unet"):  # its backward net is reused by mmccd
+        for method in sorted(methods, key=_providers_first):  # a network another method reuses is trained first
             cfg = load_config(preset, {"method": method, "source": source, "target": target})
             run = out / "runs" / run_name(method, source, target)
-            reuse = out / "runs" / run_name("cyclic-unet", source, target) if method == "mmccd" else None
+            reuse = shared_run(out / "runs", method, source, target)
             log.info("benchmark: %s %s -> %s", method, source, target)
             ensure_trained(out / "prepared", run, cfg, reuse)
+            settings = resolve_scoring(read_run_config(run), scoring)
             for label, t_store, t_ids in test_sets:
-                evals = {slices: evaluate_protocol(run, slices, postprocess, t_store, t_ids, device, scoring)
+                evals = {slices: evaluate_protocol(run, settings, slices, postprocess, t_store, t_ids, device)
                          for slices in protocols}
                 evaluations[(run.name, label)] = evals
                 entries.append(make_entry(cfg, run, out, label, evals, training_time(run, reuse)))
@@ -228,40 +237,22 @@ def training_time(run: Path, reuse: Path | None) -> dict[str, Any]:
     return {"train_seconds": total, "train_seconds_by_net": by_net, "train_note": "; ".join(notes)}
 
 
-def evaluation_fingerprint(run: Path, slices: str, postprocess: PostProcess, test_store: Path | None,
-                           test_ids: list[str] | None, scoring: str | None = "auto") -> str:
-    """What an evaluation depends on: weights, scoring and evaluation settings, the subjects."""
-    cfg = with_scoring(read_run_config(run), scoring)
-    store = PreparedStore.open(Path(read_run_info(run)["prepared"]))
-    splits = store.splits()
-    return json.dumps({"checkpoints": _checkpoint_signature(run), "score": to_dict(cfg.score),
-                       "eval": to_dict(cfg.eval), "slices": slices, "postprocess": postprocess.describe(),
-                       "val": splits["val"], "test_store": str(Path(test_store).resolve()) if test_store else None,
-                       "test": test_ids if test_store else splits["test"]}, sort_keys=True, default=str)
+def shared_run(runs: Path, method: str, source: str, target: str) -> Path | None:
+    """The run in `runs` whose network `method` reuses (`AnomalyMethod.shared_networks`), if any."""
+    shared = method_class(method).shared_networks
+    return runs / run_name(next(iter(shared.values())), source, target) if shared else None
 
 
-def evaluate_protocol(run: Path, slices: str, postprocess: PostProcess, test_store: Path | None = None,
-                      test_ids: list[str] | None = None, device: str | None = None,
-                      scoring: str | None = "auto") -> dict[str, Any]:
-    """Evaluate `run` with one slice protocol into RUN/eval-[test-data-]<slices>/, or read it back.
+def _providers_first(method: str) -> bool:
+    """Sort key: methods whose networks others share (Cyclic UNet for MMCCD) before the others."""
+    return not any(method in method_class(m).shared_networks.values() for m in METHODS)
 
-    Returns {"summary": evaluate_run's summary, "per_subject": [{subject_id, dice, ...}],
-    "curve": {"threshold", "val_dice", "test_dice"} lists, "folder"}."""
+
+def evaluate_protocol(run: Path, settings: ScoreConfig, slices: str, postprocess: PostProcess,
+                      test_store: Path | None = None, test_ids: list[str] | None = None,
+                      device: str | None = None) -> Evaluation:
+    """Evaluate `run` with one slice protocol into RUN/eval-[test-data-]<slices>/, or reuse it when it was
+    made with the same settings (the evaluation's fingerprint)."""
     folder = run / (f"eval-{slices}" if test_store is None else f"eval-test-data-{slices}")
-    fingerprint = evaluation_fingerprint(run, slices, postprocess, test_store, test_ids, scoring)
-    done = folder / "benchmark.json"
-    if done.exists():
-        previous = json.loads(done.read_text())
-        if previous.get("fingerprint") == fingerprint:
-            log.info("benchmark: %s is evaluated; reusing it", folder)
-            return previous
-    summary = evaluate_run(run, slices=slices, device=device, postprocess=postprocess, out_dir=folder,
-                           test_store=test_store, test_ids=test_ids, scoring=scoring, overwrite=True)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    lines = (folder / "dice_curve.csv").read_text().splitlines()
-    columns = list(zip(*(map(float, line.split(",")) for line in lines[1:]), strict=True))
-    result = {"fingerprint": fingerprint, "folder": str(folder), "summary": to_jsonable(summary),
-              "per_subject": metrics["per_subject"],
-              "curve": {name: list(col) for name, col in zip(lines[0].split(","), columns, strict=True)}}
-    atomic_write_text(done, json.dumps(result, indent=1) + "\n")
-    return result
+    return evaluate_run(run, settings, slices=slices, device=device, postprocess=postprocess, out_dir=folder,
+                        test_store=test_store, test_ids=test_ids, overwrite=True, reuse=True)

@@ -20,14 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from mmccd.atomic import atomic_write, atomic_write_text
 from mmccd.config import ExperimentConfig
-from mmccd.data.io import atomic_write, atomic_write_text
 from mmccd.evaluation.figures import dice_threshold_plot, subject_strip_plot
 from mmccd.evaluation.metrics import METRICS
 from mmccd.evaluation.report import to_jsonable
 from mmccd.evaluation.thresholds import QUANTILE_RANGE
+from mmccd.pipeline.evaluate import Evaluation
 from mmccd.provenance import code_version
 
 _MT = "reference protocol, each test subject's max-tumour slice"
@@ -72,11 +71,11 @@ _LEVEL_KEYS = ([f"{lvl}_{stat}_{m}" for lvl in ("subject", "slice") for stat in 
                   "n_val_subjects", "seconds_per_slice"])
 
 
-def make_entry(cfg: ExperimentConfig, run: Path, out: Path, test_set: str, evals: Mapping[str, Mapping[str, Any]],
+def make_entry(cfg: ExperimentConfig, run: Path, out: Path, test_set: str, evals: Mapping[str, Evaluation],
                train: Mapping[str, Any]) -> dict[str, Any]:
-    """One row: `evals` maps a slice protocol ("max_tumour", "all") to `evaluate_protocol`'s result."""
-    mt = dict(evals.get("max_tumour", {}).get("summary", {}))
-    vol = dict(evals.get("all", {}).get("summary", {}))
+    """One row: `evals` maps a slice protocol ("max_tumour", "all") to its Evaluation."""
+    mt = dict(evals["max_tumour"].summary) if "max_tumour" in evals else {}
+    vol = dict(evals["all"].summary) if "all" in evals else {}
 
     run_info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").exists() else {}
     entry: dict[str, Any] = {
@@ -89,9 +88,9 @@ def make_entry(cfg: ExperimentConfig, run: Path, out: Path, test_set: str, evals
         "trained_with_code": run_info.get("code_version"),
         "scoring": describe_scoring(cfg.method, mt.get("score_config") or vol.get("score_config")),
         "score_config": mt.get("score_config") or vol.get("score_config"),
-        "protocols": {slices: {k: e["summary"][k] for k in _LEVEL_KEYS if k in e["summary"]} for slices, e in evals.items()},
-        "per_subject_dice": {slices: {r["subject_id"]: r["dice"] for r in e["per_subject"]} for slices, e in evals.items()},
-        "reports": {slices: str((Path(e["folder"]) / "report.html").relative_to(out)) for slices, e in evals.items()},
+        "protocols": {slices: {k: e.summary[k] for k in _LEVEL_KEYS if k in e.summary} for slices, e in evals.items()},
+        "per_subject_dice": {slices: {r["subject_id"]: r["dice"] for r in e.per_subject} for slices, e in evals.items()},
+        "reports": {slices: str((e.folder / "report.html").relative_to(out)) for slices, e in evals.items()},
     }
     if entry["seconds_per_slice"] is None:
         entry["seconds_per_slice"] = entry["seconds_per_slice_volume"]
@@ -274,7 +273,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _figures(out: Path, entries: Sequence[Mapping[str, Any]],
-             evaluations: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]]) -> list[tuple[str, str]]:
+             evaluations: Mapping[tuple[str, str], Mapping[str, Evaluation]]) -> list[tuple[str, str]]:
     """Dice-versus-threshold curves per row and protocol, per-subject Dice strips per pair, test set and
     protocol; returns (file name in figures/, caption)."""
     folder = out / "figures"
@@ -287,21 +286,20 @@ def _figures(out: Path, entries: Sequence[Mapping[str, Any]],
         ext = e["test_set"] != entries[0]["test_set"]
         for slices, ev in evaluations[(Path(e["run"]).name, e["test_set"])].items():
             tag = ("test-data-" if ext else "") + slices
-            c, s = ev["curve"], ev["summary"]
+            s = ev.summary
             name = f"dice_vs_threshold_{Path(e['run']).name}_{tag}.png"
             what = names[slices] + (" (test data)" if ext else "")
             title = f"{e['method']} {e['source']}→{e['target']}, {what}"
-            made = Path(ev["folder"]) / "figures" / "dice_vs_threshold.png"  # by evaluate_run, from the same curve
+            made = ev.folder / "figures" / "dice_vs_threshold.png"  # by evaluate_run, from the same curve
             if made.exists():
                 with atomic_write(folder / name) as tmp:
                     shutil.copyfile(made, tmp)
             else:
-                dice_threshold_plot(np.asarray(c["threshold"]), np.asarray(c["val_dice"]),
-                                    np.asarray(c["test_dice"]), s["threshold"], folder / name,
+                dice_threshold_plot(ev.thresholds, ev.val_curve, ev.test_curve, s["threshold"], folder / name,
                                     oracle=s["oracle_threshold"], title=title)
             curves.append((name, f"Dice versus threshold: {title}; the validation curve made the choice, the "
                                  "test curve is shown only"))
-            dice = [r["dice"] for r in ev["per_subject"]]
+            dice = [r["dice"] for r in ev.per_subject]
             groups.setdefault((f"{e['source']}-{e['target']}", tag, what), {})[e["method"]] = dice
     for (pair, tag, what), per_method in groups.items():
         name = f"subject_dice_{pair}_{tag}.png"
@@ -311,7 +309,7 @@ def _figures(out: Path, entries: Sequence[Mapping[str, Any]],
 
 
 def write_results(out: Path, entries: Sequence[dict[str, Any]], meta: Mapping[str, Any],
-                  evaluations: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]]) -> dict[str, Path]:
+                  evaluations: Mapping[tuple[str, str], Mapping[str, Evaluation]]) -> dict[str, Path]:
     """results.json, results.csv, results.md, figures/ and report.html in `out`; returns their paths."""
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine, version = machine_description(), meta.get("code_version") or code_version()  # when the call started

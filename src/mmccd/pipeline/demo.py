@@ -12,12 +12,13 @@ import logging
 import time
 from pathlib import Path
 
+from mmccd.atomic import atomic_write_text
 from mmccd.config import load_config
-from mmccd.data.io import atomic_write_text
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.data.prepare import prepare_dataset
 from mmccd.pipeline.evaluate import evaluate_run
 from mmccd.pipeline.runs import prepare_output_dir, train_run
+from mmccd.scoring import method_class
 
 log = logging.getLogger("mmccd")
 
@@ -35,8 +36,7 @@ def run_demo(out: Path, n_cases: int = 12, methods: list[str] | tuple[str, ...] 
     prepared = out / "prepared"
     prepare_dataset(data_dir, prepared, base.prepare)
     results: dict[str, dict] = {}
-    previous_run: Path | None = None
-    for method in methods:
+    for method in sorted(methods, key=lambda m: m not in _shared_by(methods)):  # providers of shared networks first
         overrides: dict = {"method": method}
         if device:
             overrides["device"] = device
@@ -44,9 +44,9 @@ def run_demo(out: Path, n_cases: int = 12, methods: list[str] | tuple[str, ...] 
             overrides["train"] = {"iterations": iterations}
         cfg = load_config(preset, overrides)
         run_dir = out / "runs" / method
-        train_run(prepared, run_dir, cfg, reuse_backward_from=previous_run)
-        results[method] = evaluate_run(run_dir)
-        previous_run = run_dir
+        shared = [m for m in method_class(method).shared_networks.values() if m in methods]
+        train_run(prepared, run_dir, cfg, reuse_backward_from=out / "runs" / shared[0] if shared else None)
+        results[method] = evaluate_run(run_dir).summary
     lines = ["# mmccd demo (SYNTHETIC phantom data)", "",
              f"Command: `mmccd demo --out {out}`; {n_cases} synthetic cases, preset `{preset}`, "
              f"{time.perf_counter() - t0:.0f} s in total.",
@@ -54,7 +54,7 @@ def run_demo(out: Path, n_cases: int = 12, methods: list[str] | tuple[str, ...] 
              "not how the methods do on real MRI.", "",
              "| method | source→target | Dice (val. threshold) | oracle Dice | AUROC | AUPRC | report |",
              "|---|---|---|---|---|---|---|"]
-    for method, s in results.items():
+    for method, s in sorted(results.items(), key=lambda kv: list(methods).index(kv[0])):
         lines.append(f"| {method} | {s['source']}→{s['target']} | {s['subject_mean_dice']:.3f} | "
                      f"{s['oracle_dice_test']:.3f} | {s['pooled_auroc']:.3f} | {s['pooled_auprc']:.3f} | "
                      f"runs/{method}/report.html |")
@@ -62,6 +62,11 @@ def run_demo(out: Path, n_cases: int = 12, methods: list[str] | tuple[str, ...] 
     atomic_write_text(out / "summary.json", json.dumps(results, indent=2))
     print("\n".join(lines))
     return results
+
+
+def _shared_by(methods: list[str] | tuple[str, ...]) -> set[str]:
+    """The methods whose networks another of `methods` reuses (Cyclic UNet's backward UNet for MMCCD)."""
+    return {m for other in methods for m in method_class(other).shared_networks.values()}
 
 
 def base_shape(size: int) -> tuple[int, int, int]:

@@ -7,94 +7,168 @@
 3. apply it once to the test maps: Dice, AUROC, AUPRC inside the brain, per slice, per subject
    (volume) and pooled; the test-optimal ("oracle") Dice is reported separately, labelled;
 4. write metrics.json, per_slice.csv, per_subject.csv, dice_curve.csv, figures/ and report.html into
-   the run (or `out_dir`, so several protocols can share one run).
+   the run (or `out_dir`, so several protocols can share one run); return an `Evaluation`.
+
+One fingerprint (`EvaluationKey`) decides "the same evaluation": the map cache uses its per-split part,
+the refusal to replace an evaluation made otherwise and the benchmark's reuse use the whole.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmccd.config import to_dict, with_scoring
-from mmccd.data.io import atomic_write_text
+import numpy as np
+
+from mmccd.atomic import atomic_write_text
+from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, to_dict
 from mmccd.data.store import PreparedStore
 from mmccd.errors import DataError, OutputExistsError
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
 from mmccd.evaluation.postprocess import PostProcess
-from mmccd.evaluation.protocol import (
-    ScoredSplit,
-    cache_path,
-    load_cache,
-    postprocess_records,
-    save_cache,
-    score_split,
-    threshold_protocol,
-)
+from mmccd.evaluation.protocol import postprocess_records, records_from_arrays, threshold_protocol
 from mmccd.evaluation.report import write_report
-from mmccd.pipeline.runs import load_method, read_run_config, read_run_info
+from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run_store
+from mmccd.scoring import resolve_scoring
 from mmccd.scoring.base import AnomalyMethod
+from mmccd.scoring.slices import ScoredSplit, cache_path, load_cache, save_cache, score_split
+
+log = logging.getLogger("mmccd")
+METRICS_JSON = "metrics.json"
 
 
-def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = None,
-                 postprocess: PostProcess | None = None, method: AnomalyMethod | None = None, *,
-                 out_dir: Path | None = None, test_store: Path | None = None,
-                 test_ids: list[str] | None = None, scoring: str | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
-    """Run the protocol on a trained run and write its report. Returns the summary dict.
+@dataclass(frozen=True)
+class EvaluationKey:
+    """What an evaluation's numbers depend on. `maps(split)` keys the map cache; `digest` the whole."""
 
-    scoring:    a preset whose `score` section replaces the run's (e.g. "fast", "reference"); None = the run's
-    overwrite:  replace an evaluation in `out_dir` made with other settings (slices, scoring, post-processing);
-                without it that is an OutputExistsError (the same settings are simply evaluated again)
+    checkpoints: tuple[tuple[str, str], ...]  # (file, sha256) of the run's networks
+    score: dict[str, Any]  # the score settings
+    slices: str
+    postprocess: str
+    eval: dict[str, Any]  # threshold search settings
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {"store", "ids"}
 
+    def maps(self, split: str) -> str:
+        """The map cache's signature of one split (the maps do not depend on post-processing or the search)."""
+        return json.dumps({"checkpoints": self.checkpoints, "score": self.score, "slices": self.slices,
+                           **self.splits[split]}, sort_keys=True, default=str)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkpoints": [list(c) for c in self.checkpoints], "score": self.score, "slices": self.slices,
+                "postprocess": self.postprocess, "eval": self.eval, "splits": self.splits}
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Evaluation:
+    """An evaluation's results: `summary` holds metrics.json's scalar keys; the curves are (K,) arrays."""
+
+    summary: dict[str, Any]
+    per_subject: list[dict[str, Any]]
+    thresholds: np.ndarray
+    val_curve: np.ndarray
+    test_curve: np.ndarray
+    folder: Path
+    fingerprint: str
+
+    @classmethod
+    def load(cls, folder: Path) -> Evaluation | None:
+        """The evaluation written in `folder`, or None when it is missing or unreadable."""
+        try:
+            metrics = json.loads((folder / METRICS_JSON).read_text())
+            lines = (folder / "dice_curve.csv").read_text().splitlines()
+            cols = np.array([[float(v) for v in line.split(",")] for line in lines[1:]]).reshape(-1, 3).T
+            summary = {k: v for k, v in metrics.items() if k not in ("per_subject", "pooled", "notes", "summary")}
+            return cls(summary, metrics["per_subject"], cols[0], cols[1], cols[2], folder, metrics["fingerprint"])
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+
+
+def checkpoint_digests(run_dir: Path) -> tuple[tuple[str, str], ...]:
+    """(name, sha256 of the content) of every checkpoint of the run: the same weights wherever the run lies."""
+    out = []
+    for p in sorted((Path(run_dir) / "checkpoints").glob("*.pt")):
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out.append((p.name, h.hexdigest()))
+    return tuple(out)
+
+
+def evaluation_key(run_dir: Path, cfg: ExperimentConfig, settings: ScoreConfig, slices: str, pp: PostProcess,
+                   splits: dict[str, tuple[PreparedStore, list[str]]]) -> EvaluationKey:
+    score = {k: v for k, v in to_dict(settings).items() if k not in SPEED_ONLY_SCORE_KEYS}
+    return EvaluationKey(checkpoint_digests(run_dir), score, slices, pp.describe(), to_dict(cfg.eval),
+                         {name: {"store": str(store.root.resolve()), "ids": list(ids)}
+                          for name, (store, ids) in splits.items()})
+
+
+def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: str | None = None,
+                 device: str | None = None, postprocess: PostProcess | None = None,
+                 method: AnomalyMethod | None = None, out_dir: Path | None = None, test_store: Path | None = None,
+                 test_ids: list[str] | None = None, overwrite: bool = False, reuse: bool = False) -> Evaluation:
+    """Run the protocol on a trained run and write its report.
+
+    settings:   how to score (`mmccd.scoring.resolve_scoring`); None: the method's default ("auto")
     out_dir:    where metrics.json, the CSVs, dice_curve.csv, figures/ and report.html go (default: the run)
     test_store: another prepared store whose subjects `test_ids` (default: its split "test") are the test
-                set, e.g. another site; the threshold still comes from the run's validation subjects.
-    Maps are cached in RUN/maps/ either way; the method is loaded only when a split must be scored."""
+                set, e.g. another site; the threshold still comes from the run's validation subjects
+    overwrite:  replace an evaluation in `out_dir` made with other settings; without it that is an
+                OutputExistsError (the same settings are evaluated again from the cached maps)
+    reuse:      return the evaluation already in `out_dir` when it was made with the same settings
+    Maps are cached in RUN/maps/; the method is loaded only when a split must be scored."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = with_scoring(read_run_config(run_dir), scoring)
-    info = read_run_info(run_dir)
+    cfg = read_run_config(run_dir)
+    settings = settings if settings is not None else resolve_scoring(cfg, "auto")
     slices = slices or cfg.eval.eval_slices
     pp = postprocess or PostProcess()
-    if not overwrite:
-        _refuse_other_settings(out_dir, {"slices": slices, "score_config": to_dict(cfg.score),
-                                         "postprocess": pp.describe()})
-    store = PreparedStore.open(Path(info["prepared"]))
+    store = run_store(run_dir)
     val_ids = store.splits()["val"]
     t_store = PreparedStore.open(test_store) if test_store is not None else store
     if test_ids is None:
         test_ids = t_store.splits()["test"]
-    test_name = "test" if test_store is None else f"test@{t_store.root.name}"
     for name, ids in (("validation", val_ids), ("test", test_ids)):
         if not ids:
             raise DataError(f"no {name} subjects in the split, so no threshold can be chosen and applied",
-                            file=Path(info["prepared"]) / "splits.json",
+                            file=store.root / "splits.json",
                             expected="at least 1 validation and 1 test subject with a segmentation",
                             found=f"{len(val_ids)} validation, {len(test_ids)} test",
                             fix="prepare at least 3 labelled cases")
-    splits = {"val": (store, val_ids, "val"), "test": (t_store, list(test_ids), test_name)}
+    key = evaluation_key(run_dir, cfg, settings, slices, pp, {"val": (store, val_ids), "test": (t_store, list(test_ids))})
+    previous = Evaluation.load(out_dir) if (out_dir / METRICS_JSON).exists() else None
+    if previous is not None and previous.fingerprint == key.digest and reuse:
+        log.info("%s is evaluated with these settings; reusing it", out_dir)
+        return previous
+    if not overwrite:
+        _refuse_other_settings(out_dir, key)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
+    test_name = "test" if test_store is None else f"test@{t_store.root.name}"
+    splits = {"val": (store, val_ids, "val"), "test": (t_store, list(test_ids), test_name)}
     scored: dict[str, ScoredSplit] = {}
     for split, (split_store, ids, name) in splits.items():
-        signature = json.dumps({"code": _checkpoint_signature(run_dir), "score": cfg.score.__dict__,
-                                "store": str(split_store.root.resolve()), "ids": ids}, sort_keys=True, default=str)
         path = cache_path(run_dir, name, slices)
-        cached = load_cache(path, signature)
+        cached = load_cache(path, key.maps(split))
         keep = cfg.eval.figure_slices if split == "test" else 0
-        if cached is not None and len(cached.figures) >= min(keep, len(cached.records)):
+        if cached is not None and len(cached.figures) >= min(keep, len(cached)):
             scored[split] = cached
             continue
         method = method or load_method(run_dir, device)
-        method.cfg = dataclasses.replace(method.cfg, score=cfg.score)
-        scored[split] = score_split(method, split_store, ids, cfg.source, cfg.target, slices,
-                                    seed=cfg.score.seed, keep_figures=keep, desc=f"score {split}")
-        save_cache(path, scored[split], signature)
+        scored[split] = score_split(method, settings, split_store, ids, cfg.source, cfg.target, slices,
+                                    keep_figures=keep, desc=f"score {split}")
+        save_cache(path, scored[split], key.maps(split))
 
-    val = postprocess_records(scored["val"].records, pp)
-    test = postprocess_records(scored["test"].records, pp)
+    val = postprocess_records(_records(scored["val"]), pp)
+    test = postprocess_records(_records(scored["test"]), pp)
     pred_filter = pp.apply_mask if pp.min_component else None  # component removal acts on the binary mask
     protocol_result = threshold_protocol(val, test, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
     choice, oracle, result = protocol_result.choice, protocol_result.oracle, protocol_result.result
@@ -106,20 +180,7 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
     atomic_write_text(out_dir / "dice_curve.csv", "threshold,val_dice,test_dice\n" + "".join(
         f"{t!r},{v!r},{d!r}\n" for t, v, d in zip(choice.thresholds.tolist(), choice.val_curve.tolist(),
                                                 protocol_result.test_curve.tolist(), strict=True)))
-    rows, titles = [], []
-    for fig in scored["test"].figures:
-        amap, brain = pp.apply_map(fig["anomaly_map"], fig["brain"])
-        row = {"input": fig["source"], "anomaly map": amap,
-               "prediction": pp.apply_mask((amap >= choice.threshold) & brain), "ground truth": fig["gt"]}
-        if "translation" in fig:
-            row["translation"] = fig["translation"]
-            row["cyclic reconstruction"] = fig["reconstruction"]
-        rows.append(row)
-        titles.append(fig["title"])
-    if rows:
-        columns = [c for c in ("input", "translation", "cyclic reconstruction", "anomaly map", "prediction", "ground truth")
-                   if c in rows[0]]
-        figure_grid(rows, columns, figures / "examples.png", titles)
+    _example_figure(scored["test"].figures, pp, choice.threshold, figures / "examples.png")
 
     summary: dict[str, Any] = {
         "method": cfg.method, "source": cfg.source, "target": cfg.target, "slices": slices,
@@ -132,35 +193,65 @@ def evaluate_run(run_dir: Path, slices: str | None = None, device: str | None = 
         "test_store": str(t_store.root),
         "n_test_slices": len(test), "seconds_per_slice": scored["test"].seconds_per_slice,
         "postprocess": pp.describe(),
-        "score_config": to_dict(cfg.score),  # the threshold belongs to maps scored this way
+        "score_config": to_dict(settings),  # the threshold belongs to maps scored this way
+        "fingerprint": key.digest, "evaluation_settings": key.as_dict(),
     }
     where = "" if test_store is None else f" of {t_store.root}"
     protocol = (f"{cfg.method}, {cfg.source} -> {cfg.target}. Threshold chosen on {len(val_ids)} validation "
                 f"subjects, applied once to {len(test_ids)} test subjects{where} ({slices} slices). "
                 "Oracle = test-optimal threshold, for comparison with papers only.")
+    info = read_run_info(run_dir)
     write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")})
-    return summary
+    return Evaluation(summary, result.per_subject, choice.thresholds, choice.val_curve, protocol_result.test_curve,
+                      out_dir, key.digest)
 
 
-def _refuse_other_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    """OutputExistsError if out_dir/metrics.json holds an evaluation made with other `settings`."""
-    path = out_dir / "metrics.json"
+def _records(split: ScoredSplit) -> list:
+    return records_from_arrays(split.subject_ids, split.slice_indices, split.maps, split.gt, split.brain)
+
+
+def _example_figure(figs: list[dict[str, np.ndarray]], pp: PostProcess, threshold: float, path: Path) -> None:
+    """figures/examples.png: input, translation, cyclic reconstruction, map, pred_mask, ground truth per row."""
+    rows, titles = [], []
+    for fig in figs:
+        amap, brain = pp.apply_map(fig["anomaly_map"], fig["brain"])
+        row = {"input": fig["source"], "anomaly map": amap,
+               "pred_mask": pp.apply_mask((amap >= threshold) & brain), "ground truth": fig["gt"]}
+        if "translation" in fig:
+            row["translation"] = fig["translation"]
+            row["cyclic reconstruction"] = fig["reconstruction"]
+        rows.append(row)
+        titles.append(fig["title"])
+    if rows:
+        columns = [c for c in ("input", "translation", "cyclic reconstruction", "anomaly map", "pred_mask",
+                               "ground truth") if c in rows[0]]
+        figure_grid(rows, columns, path, titles)
+
+
+def _refuse_other_settings(out_dir: Path, key: EvaluationKey) -> None:
+    """OutputExistsError if out_dir/metrics.json holds an evaluation made with other settings."""
+    path = out_dir / METRICS_JSON
     if not path.exists():
         return
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # unreadable: nothing worth keeping
-    differ = [k for k in ("slices", "score_config", "postprocess") if k in old and old[k] != settings[k]]
+    then = old.get("evaluation_settings")
+    if not isinstance(then, dict):  # written by an earlier version: compare what it recorded
+        then = {"slices": old.get("slices"), "postprocess": old.get("postprocess"),
+                "score": {k: v for k, v in (old.get("score_config") or {}).items() if k not in SPEED_ONLY_SCORE_KEYS}}
+    now = key.as_dict()
+    differ = [k for k in ("slices", "score", "postprocess", "eval", "splits") if k in then and then[k] != now[k]]
     if differ:
+        shown = {"slices": "slices", "postprocess": "postprocess", "score": "another score config",
+                 "eval": "other threshold-search settings", "splits": "other subjects or another store"}
         raise OutputExistsError(
-            f"{path} holds an evaluation with other settings ({', '.join(differ)}: "
-            + "; ".join(f"{old[k]!r} there, {settings[k]!r} now" for k in differ if k != "score_config")
-            + ("; another score config" if "score_config" in differ else "")
+            f"{path} holds an evaluation with other settings ("
+            + "; ".join(f"{shown[k]}: {then[k]!r} there, {now[k]!r} now" if k in ("slices", "postprocess")
+                        else shown[k] for k in differ)
             + "); pass --overwrite to replace it (the run's threshold for `mmccd score` changes with it) "
               "or --out to write this evaluation elsewhere")
 
 
-def _checkpoint_signature(run_dir: Path) -> list[tuple[str, int]]:
-    ckpts = sorted((run_dir / "checkpoints").glob("*.pt"))
-    return [(p.name, p.stat().st_mtime_ns) for p in ckpts]
+__all__ = ["Evaluation", "EvaluationKey", "checkpoint_digests", "evaluate_run", "evaluation_key"]

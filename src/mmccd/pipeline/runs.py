@@ -18,23 +18,18 @@ from typing import Any
 
 import yaml
 
+from mmccd.atomic import atomic_write_text
+from mmccd.checkpoints import load_checkpoint, load_state_checked
 from mmccd.config import ExperimentConfig, dump_yaml, from_dict, to_dict
 from mmccd.data.dataset import SliceDataset
-from mmccd.data.io import atomic_write_text
 from mmccd.data.store import PreparedStore
-from mmccd.distributed import barrier
+from mmccd.distributed import barrier, dist_info
 from mmccd.errors import ConfigError, OutputExistsError
 from mmccd.provenance import run_info
+from mmccd.runtime import resolve_device, seed_everything
 from mmccd.scoring import build_method
 from mmccd.scoring.base import AnomalyMethod
-from mmccd.training import (
-    dist_info,
-    load_checkpoint,
-    load_state_checked,
-    resolve_device,
-    seed_everything,
-    train_network,
-)
+from mmccd.training import train_network
 
 log = logging.getLogger("mmccd")
 
@@ -66,7 +61,7 @@ def read_run_config(run_dir: Path) -> ExperimentConfig:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} is unreadable ({type(exc).__name__}); it is the run's record of its config: "
                           "restore it, or train again into a new folder") from None
-    return from_dict(data)  # ConfigError (not a traceback) for a non-mapping or unknown keys
+    return from_dict(data, where=str(path))  # ConfigError (not a traceback) for a non-mapping or unknown keys
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -79,6 +74,15 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is unreadable ({type(exc).__name__}: {exc}); "
                           f"resume the run (`mmccd train ... --out {run_dir} --resume`) to write it again") from None
     return info if isinstance(info, dict) else {}
+
+
+def run_store(run_dir: Path) -> PreparedStore:
+    """The prepared store the run was trained on (its training, validation and test subjects)."""
+    info = read_run_info(run_dir)
+    if "prepared" not in info:
+        raise ConfigError(f"{run_dir}/run_info.json does not name the prepared store the run was trained on: "
+                          f"resume the run (`mmccd train ... --out {run_dir} --resume`) to write it again")
+    return PreparedStore.open(Path(info["prepared"]))
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:

@@ -7,27 +7,22 @@ Training needs both contrasts; scoring needs only the source.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig
+from mmccd.config import ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
-from mmccd.models.unet import UNet
-from mmccd.scoring.base import AnomalyMethod, LossFn, masked_error
-
-
-def translation_unet(cfg: ExperimentConfig) -> UNet:
-    """A plain (time-free) UNet mapping one contrast to another: (B, 1, S, S) -> (B, 1, S, S)."""
-    return UNet.from_config(cfg.network, in_channels=1, out_channels=1, image_size=cfg.prepare.size,
-                            time_conditioning=False)
+from mmccd.models import LossFn, translation_loss, translation_unet
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
 
 
 def forward_translation_loss(net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
-    return F.mse_loss(net(batch.source), batch.target)
+    """source -> target (Cyclic UNet's forward network)."""
+    return translation_loss(net, batch.source, batch.target)
 
 
 def backward_translation_loss(net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
-    return F.mse_loss(net(batch.target), batch.source)
+    """target -> source (the backward network of both cyclic methods)."""
+    return translation_loss(net, batch.target, batch.source)
 
 
 class CyclicUNet(AnomalyMethod):
@@ -35,18 +30,15 @@ class CyclicUNet(AnomalyMethod):
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
-        self.nets["source_to_target"] = translation_unet(cfg)
-        self.nets["target_to_source"] = translation_unet(cfg)
+        self.nets["source_to_target"] = translation_unet(cfg.network, cfg.prepare.size)
+        self.nets["target_to_source"] = translation_unet(cfg.network, cfg.prepare.size)
 
     def losses(self) -> dict[str, LossFn]:
         return {"source_to_target": forward_translation_loss, "target_to_source": backward_translation_loss}
 
-    @torch.inference_mode()
-    def score(self, batch: SliceBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        translation = self.nets["source_to_target"](batch.source)
-        reconstruction = self.nets["target_to_source"](translation)
-        return {
-            "anomaly_map": masked_error(batch.source, reconstruction, batch.brain_mask),
-            "translation": translation,
-            "reconstruction": reconstruction,
-        }
+    def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
+                   generator: torch.Generator | None) -> ScoreOutput:
+        """Deterministic: `settings` (beyond the inference context) and `generator` are unused."""
+        translation = nets["source_to_target"](batch.source)
+        reconstruction = nets["target_to_source"](translation)
+        return ScoreOutput(masked_error(batch.source, reconstruction, batch.brain_mask), translation, reconstruction)

@@ -6,38 +6,41 @@ Unsupervised Anomaly Segmentation in MRI", MMMI @ MICCAI 2023, arXiv 2308.16150.
 Notation: source s (input contrast), target y, mask m (1 visible, 0 masked), hidden h = 1 - m,
 generated target y_hat = DDIM(x_T; c = m*s + (1-m)*n), cyclic reconstruction s_hat = B(y_hat).
 
-Scoring a batch of slices, step by step:
-  1. build the mask ensemble (M, 1, S, S) (mmccd.masks.mask_ensemble, from `cfg.score`);
-  2. per slice i, one seed drawn from `generator` in slice order; from it the slice's initial noise x_T
+Scoring a batch of slices, step by step (each step a function below):
+  1. the mask ensemble (M, 1, S, S) (`MMCCD.masks`, from the score settings);
+  2. per slice, one seed drawn from `generator` in slice order; from it the slice's initial noise x_T
      (shared by all its masks) and one noise stream per (slice, mask): the maps do not depend on how
-     (slice, mask) rows are grouped into network calls;
-  3. rows (i, j) in slice-major order, `mask_batch * slice_batch` per call: DDIM-sample y_hat, refilling
-     the masked part of the condition with fresh noise at every step;
-  4a. default: s_hat = B(y_hat) per row; anomaly = sum_j (s - s_hat_j)^2 h_j / sum_j h_j (mean error over
-     the masks that hid the pixel);
-  4b. `score.composite`: y_comp = sum_j y_hat_j h_j / sum_j h_j (each pixel imagined by the masks that hid
-     it), s_hat = B(y_comp) once per slice; anomaly = (s - s_hat)^2. Not identical to 4a (B is not
-     linear): M - 1 fewer backward passes; its accuracy is measured in docs/speed.md.
+     (slice, mask) rows are grouped into network calls (`noise_streams`);
+  3. rows (slice_idx, mask_idx) in slice-major order, `mask_batch * slice_batch` per call: DDIM-sample
+     y_hat, refilling the masked part of the condition with fresh noise at every step (`imagine_targets`);
+  4a. `per_mask_map` (default): s_hat = B(y_hat) per row; anomaly = sum_j (s - s_hat_j)^2 h_j / sum_j h_j
+     (mean error over the masks that hid the pixel);
+  4b. `composite_map` (`score.composite`): y_comp = sum_j y_hat_j h_j / sum_j h_j (each pixel imagined by
+     the masks that hid it), s_hat = B(y_comp) once per slice; anomaly = (s - s_hat)^2. Not identical to 4a
+     (B is not linear): M - 1 fewer backward passes; its accuracy is measured in docs/speed.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig, ScoreConfig
+from mmccd.config import ExperimentConfig, ScoreConfig, scale_from_reference
 from mmccd.data.batch import SliceBatch
-from mmccd.errors import ConfigError
-from mmccd.masks import mask_ensemble, random_stripe_masks, stripe_width_for
-from mmccd.models.masked_diffusion import MaskedConditionalDiffusion
-from mmccd.models.noise_schedule import NoiseSchedule
-from mmccd.models.unet import UNet
-from mmccd.scoring.base import AnomalyMethod, LossFn
-from mmccd.scoring.cyclic_unet import backward_translation_loss, translation_unet
+from mmccd.masks import mask_ensemble, random_stripe_masks
+from mmccd.models import (
+    LossFn,
+    MaskedConditionalDiffusion,
+    NoiseSchedule,
+    UNet,
+    sample_masked,
+    translation_unet,
+)
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput
+from mmccd.scoring.cyclic_unet import backward_translation_loss
 
 
 def build_forward_model(cfg: ExperimentConfig) -> MaskedConditionalDiffusion:
@@ -49,12 +52,14 @@ def build_forward_model(cfg: ExperimentConfig) -> MaskedConditionalDiffusion:
 
 class MMCCD(AnomalyMethod):
     name = "mmccd"
+    default_scoring = "fast"  # 17 network passes per slice instead of 12,928 (docs/speed.md)
+    shared_networks = {"target_to_source": "cyclic-unet"}
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
         self.nets["source_to_target"] = build_forward_model(cfg)
-        self.nets["target_to_source"] = translation_unet(cfg)
-        self.stripe_width = stripe_width_for(cfg.prepare.size, cfg.diffusion.stripe_width)
+        self.nets["target_to_source"] = translation_unet(cfg.network, cfg.prepare.size)
+        self.stripe_width = scale_from_reference(cfg.diffusion.stripe_width, cfg.prepare.size, even=True, minimum=2)
 
     # ------------------------------------------------------------------ training
     def _forward_loss(self, net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
@@ -66,72 +71,122 @@ class MMCCD(AnomalyMethod):
         return {"source_to_target": self._forward_loss, "target_to_source": backward_translation_loss}
 
     # ------------------------------------------------------------------ scoring
-    def masks(self) -> Tensor:
-        """The inference ensemble (M, 1, S, S), 1 visible / 0 masked."""
-        sc = self.cfg.score
+    def masks(self, settings: ScoreConfig) -> Tensor:
+        """1. The inference ensemble (M, 1, S, S), 1 visible / 0 masked."""
         size = self.cfg.prepare.size
-        stride = max(1, round(sc.mask_stride * size / 128))
-        return mask_ensemble(size, self.stripe_width, sc.mask_family, stride, num_masks=sc.num_masks or None,
-                             directions=sc.mask_directions, stripes_per_mask=sc.stripes_per_mask)
+        return mask_ensemble(size, self.stripe_width, settings.mask_family,
+                             scale_from_reference(settings.mask_stride, size), num_masks=settings.num_masks or None,
+                             directions=settings.mask_directions, stripes_per_mask=settings.stripes_per_mask)
 
-    def network_evaluations(self, slices: int = 1) -> int:
+    def network_evaluations(self, settings: ScoreConfig, slices: int = 1) -> int:
         """Network passes to score `slices` slices: masks x DDIM steps forward, plus the backward passes."""
-        sc = self.cfg.score
-        m = len(self.masks())
-        return slices * (m * sc.ddim_steps + (1 if sc.composite else m))
+        m = len(self.masks(settings))
+        return slices * (m * settings.ddim_steps + (1 if settings.composite else m))
 
-    @torch.inference_mode()
-    def score(self, batch: SliceBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        sc = self.cfg.score
+    def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
+                   generator: torch.Generator | None) -> ScoreOutput:
         source = batch.source
-        device = source.device
         if generator is None:
-            generator = torch.Generator(device=device).manual_seed(sc.seed)
-        masks = self.masks().to(device)  # (M, 1, S, S)
-        hidden = 1.0 - masks
-        cov = hidden.sum(0).clamp_min(1)  # (1, S, S): masks hiding each pixel
-        n, num = len(batch), len(masks)
-        # 2. per-slice seeds in slice order, then the slice's x_T and one stream per (slice, mask)
-        seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device).tolist()
-        x_T = torch.cat([torch.randn((1, *source.shape[1:]), generator=_stream(generator, seed, -1),
-                                     device=generator.device) for seed in seeds]).to(device, source.dtype)
+            generator = torch.Generator(device=source.device).manual_seed(settings.seed)
+        masks = self.masks(settings).to(source.device)
+        streams = noise_streams(generator, source, len(masks))
         forward: MaskedConditionalDiffusion = self.nets["source_to_target"]  # type: ignore[assignment]
-        with _inference_setup(self, sc) as (backward, autocast, fmt):
-            src = source.contiguous(memory_format=fmt)
-            y_sum, err_sum, r_sum = torch.zeros_like(src), torch.zeros_like(src), torch.zeros_like(src)
-            rows = [(i, j) for i in range(n) for j in range(num)]
-            per_call = sc.mask_batch * sc.slice_batch
-            for a in range(0, len(rows), per_call):
-                chunk = rows[a: a + per_call]
-                si = torch.tensor([i for i, _ in chunk], device=device)
-                mj = torch.tensor([j for _, j in chunk], device=device)
-                gens = [_stream(generator, seeds[i], j) for i, j in chunk]
-                s, h = src[si], hidden[mj]
-                # 3. DDIM under each row's mask (the condition holds noise where m = 0)
-                with autocast:
-                    y_hat = forward.sample(s, masks[mj].contiguous(memory_format=fmt), num_steps=sc.ddim_steps,
-                                           eta=sc.eta, generator=gens, x_T=x_T[si].contiguous(memory_format=fmt),
-                                           spacing=sc.timestep_spacing)
-                y_sum.index_add_(0, si, y_hat * h)
-                if not sc.composite:  # 4a. one backward pass per row
-                    with autocast:
-                        s_hat = backward(y_hat).to(src.dtype)
-                    err_sum.index_add_(0, si, (s - s_hat).pow(2) * h)
-                    r_sum.index_add_(0, si, s_hat * h)
-            translation = y_sum / cov
-            if sc.composite:  # 4b. one backward pass per slice on the composite
-                with autocast:
-                    reconstruction = torch.cat([backward(translation[k: k + per_call]).to(src.dtype)
-                                                for k in range(0, n, per_call)])
-                amap = (src - reconstruction).pow(2)
-            else:
-                amap, reconstruction = err_sum / cov, r_sum / cov
+        imagined = imagine_targets(nets["source_to_target"], forward.schedule, source, masks, streams, settings)
+        finish = composite_map if settings.composite else per_mask_map
+        amap, translation, reconstruction = finish(imagined, nets["target_to_source"], source, masks, settings)
         brain = batch.brain_mask.to(source.dtype)
-        return {
-            "anomaly_map": (amap * brain).contiguous(),
-            "translation": translation.contiguous(),
-            "reconstruction": reconstruction.contiguous(),
-        }
+        return ScoreOutput((amap * brain).contiguous(), translation.contiguous(), reconstruction.contiguous())
+
+
+@dataclass
+class NoiseStreams:
+    """2. seeds (one per slice, drawn in slice order) and each slice's initial noise x_T (N, 1, S, S)."""
+
+    generator: torch.Generator
+    seeds: list[int]
+    x_T: Tensor
+
+    def row(self, slice_idx: int, mask_idx: int) -> torch.Generator:
+        """The noise stream of one (slice, mask) row."""
+        return _stream(self.generator, self.seeds[slice_idx], mask_idx)
+
+
+def noise_streams(generator: torch.Generator, source: Tensor, num_masks: int) -> NoiseStreams:
+    """Draw the per-slice seeds from `generator`, then each slice's x_T from its own stream (-1)."""
+    seeds = torch.randint(0, 2**62, (len(source),), generator=generator, device=generator.device).tolist()
+    x_T = torch.cat([torch.randn((1, *source.shape[1:]), generator=_stream(generator, seed, -1),
+                                 device=generator.device) for seed in seeds]).to(source.device, source.dtype)
+    return NoiseStreams(generator, seeds, x_T)
+
+
+@dataclass
+class Imagined:
+    """One network call's rows: which slice and mask each is, its hidden region and the imagined target."""
+
+    slice_idx: Tensor  # (R,) long
+    mask_idx: Tensor  # (R,) long
+    hidden: Tensor  # (R, 1, S, S) 1 where the row's mask hid the source
+    source: Tensor  # (R, 1, S, S) the row's slice
+    y_hat: Tensor  # (R, 1, S, S) the target imagined under the mask
+
+
+def imagine_targets(forward: nn.Module, schedule: NoiseSchedule, source: Tensor, masks: Tensor,
+                    streams: NoiseStreams, settings: ScoreConfig) -> Iterator[Imagined]:
+    """3. DDIM under every (slice, mask) row, `mask_batch * slice_batch` rows per network call, slice-major."""
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    src = source.contiguous(memory_format=fmt)
+    hidden = 1.0 - masks
+    rows = [(i, j) for i in range(len(source)) for j in range(len(masks))]
+    per_call = settings.mask_batch * settings.slice_batch
+    for a in range(0, len(rows), per_call):
+        chunk = rows[a: a + per_call]
+        slice_idx = torch.tensor([i for i, _ in chunk], device=source.device)
+        mask_idx = torch.tensor([j for _, j in chunk], device=source.device)
+        y_hat = sample_masked(forward, schedule, src[slice_idx], masks[mask_idx].contiguous(memory_format=fmt),
+                              num_steps=settings.ddim_steps, eta=settings.eta,
+                              generator=[streams.row(i, j) for i, j in chunk],
+                              x_T=streams.x_T[slice_idx].contiguous(memory_format=fmt),
+                              spacing=settings.timestep_spacing)
+        yield Imagined(slice_idx, mask_idx, hidden[mask_idx], src[slice_idx], y_hat)
+
+
+def per_mask_map(imagined: Iterator[Imagined], backward: nn.Module, source: Tensor, masks: Tensor,
+                 settings: ScoreConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """4a. One backward pass per row; the map is the mean error over the masks that hid each pixel.
+
+    Returns (anomaly map, composite translation, mean reconstruction), each (N, 1, S, S)."""
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    src = source.contiguous(memory_format=fmt)
+    y_sum, err_sum, r_sum = torch.zeros_like(src), torch.zeros_like(src), torch.zeros_like(src)
+    for rows in imagined:
+        y_sum.index_add_(0, rows.slice_idx, rows.y_hat * rows.hidden)
+        s_hat = backward(rows.y_hat).to(src.dtype)
+        err_sum.index_add_(0, rows.slice_idx, (rows.source - s_hat).pow(2) * rows.hidden)
+        r_sum.index_add_(0, rows.slice_idx, s_hat * rows.hidden)
+    cov = _coverage(masks)
+    return err_sum / cov, y_sum / cov, r_sum / cov
+
+
+def composite_map(imagined: Iterator[Imagined], backward: nn.Module, source: Tensor, masks: Tensor,
+                  settings: ScoreConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """4b. One backward pass per slice on the composite of the imagined regions; map = (s - s_hat)^2.
+
+    Returns (anomaly map, composite translation, reconstruction), each (N, 1, S, S)."""
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    src = source.contiguous(memory_format=fmt)
+    y_sum = torch.zeros_like(src)
+    for rows in imagined:
+        y_sum.index_add_(0, rows.slice_idx, rows.y_hat * rows.hidden)
+    translation = y_sum / _coverage(masks)
+    per_call = settings.mask_batch * settings.slice_batch
+    reconstruction = torch.cat([backward(translation[k: k + per_call]).to(src.dtype)
+                                for k in range(0, len(src), per_call)])
+    return (src - reconstruction).pow(2), translation, reconstruction
+
+
+def _coverage(masks: Tensor) -> Tensor:
+    """(1, S, S): how many masks hide each pixel (at least 1, so a division is safe)."""
+    return (1.0 - masks).sum(0).clamp_min(1)
 
 
 def _stream(generator: torch.Generator, seed: int, index: int) -> torch.Generator:
@@ -142,49 +197,4 @@ def _stream(generator: torch.Generator, seed: int, index: int) -> torch.Generato
     return torch.Generator(device=generator.device).manual_seed((z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF)
 
 
-def auto_amp(device: torch.device) -> str:
-    """score.amp "auto": bf16 where the hardware computes it natively (CUDA with bf16, CPUs with avx512_bf16
-    or AMX), fp16 on older CUDA GPUs, else none (emulated bf16 on a CPU is slower than fp32)."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return "bf16" if any(f() for f in native) else "none"
-    return "none"
-
-
-@contextmanager
-def _inference_setup(method: MMCCD, sc: ScoreConfig) -> Iterator[tuple[nn.Module, Any, torch.memory_format]]:
-    """Networks and context for scoring: channels_last, autocast (bf16 / fp16) and torch.compile, as configured.
-
-    Yields (backward UNet, autocast context, memory format). With `compile`, the forward model's
-    UNet is swapped for its compiled version while scoring and restored afterwards (state_dict keys unchanged);
-    channels_last weights are returned to the contiguous format afterwards.
-    """
-    forward: MaskedConditionalDiffusion = method.nets["source_to_target"]  # type: ignore[assignment]
-    backward = method.nets["target_to_source"]
-    device = method.device
-    fmt = torch.channels_last if sc.channels_last else torch.contiguous_format
-    if sc.channels_last:
-        method.nets.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
-    amp = auto_amp(device) if sc.amp == "auto" else sc.amp
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("score.amp fp16 needs a CUDA device; on a CPU use bf16 (avx512_bf16 / AMX) or none")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    net = forward.net
-    bwd: nn.Module = backward
-    if sc.compile:
-        compiled = getattr(method, "_compiled", None)
-        if compiled is None:
-            compiled = method._compiled = (torch.compile(net), torch.compile(backward))  # type: ignore[attr-defined]
-        forward.net, bwd = compiled  # type: ignore[assignment]
-    try:
-        yield bwd, autocast, fmt
-    finally:
-        forward.net = net
-        if sc.channels_last:  # leave the weights as found (a few ms): other settings time fairly after this
-            method.nets.to(memory_format=torch.contiguous_format)  # type: ignore[call-arg]
-
-
-__all__ = ["MMCCD", "build_forward_model"]
+__all__ = ["MMCCD", "build_forward_model", "composite_map", "imagine_targets", "noise_streams", "per_mask_map"]

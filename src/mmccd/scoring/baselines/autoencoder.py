@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig
+from mmccd.config import ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.errors import ConfigError
-from mmccd.models.unet import UNet
-from mmccd.scoring.base import AnomalyMethod, LossFn, masked_error
+from mmccd.models import LossFn, translation_unet
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
 from mmccd.scoring.baselines.noise import coarse_noise, make_generator
 
 
@@ -87,7 +87,6 @@ class AutoEncoder(AnomalyMethod):
 
     name = "ae"
     net_key = "ae"
-    needs_target_for_training = False
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -103,13 +102,13 @@ class AutoEncoder(AnomalyMethod):
         """Scalar MSE between net(source) and source over the whole image."""
         return F.mse_loss(net(batch.source), batch.source)
 
-    @torch.no_grad()
-    def score(self, batch: SliceBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """{"anomaly_map": (B, 1, H, W) (source - recon)^2 in the brain, "reconstruction": (B, 1, H, W)}.
+    def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
+                   generator: torch.Generator | None) -> ScoreOutput:
+        """anomaly_map (B, 1, H, W) = (source - recon)^2 in the brain; reconstruction (B, 1, H, W).
 
         Deterministic: `generator` is unused."""
-        recon = self.nets[self.net_key](batch.source)
-        return {"anomaly_map": masked_error(batch.source, recon, batch.brain_mask), "reconstruction": recon}
+        recon = nets[self.net_key](batch.source)
+        return ScoreOutput(masked_error(batch.source, recon, batch.brain_mask), reconstruction=recon)
 
 
 class DenoisingAutoEncoder(AutoEncoder):
@@ -124,13 +123,12 @@ class DenoisingAutoEncoder(AutoEncoder):
     net_key = "dae"
 
     def build_net(self, cfg: ExperimentConfig) -> nn.Module:
-        return UNet.from_config(cfg.network, in_channels=1, out_channels=1, image_size=cfg.prepare.size,
-                                time_conditioning=False)
+        return translation_unet(cfg.network, cfg.prepare.size)  # a plain 1 -> 1 UNet (here: noisy -> clean)
 
     def loss(self, net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
         """Scalar MSE between net(source + coarse noise) and source over the whole image."""
         x = batch.source
-        g = make_generator(self.cfg, generator)
+        g = make_generator(self.cfg.train.seed, generator)  # training always passes one
         noise = coarse_noise(tuple(x.shape), self.cfg.baseline.dae_noise_resolution,
                              self.cfg.baseline.dae_noise_std, g, x.device)
         noisy = x + noise * batch.brain_mask.to(x.dtype)  # noise only inside the brain, as in the paper

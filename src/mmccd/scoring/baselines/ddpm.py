@@ -5,7 +5,7 @@ of x0 (the models predict x0), T = cfg.diffusion.num_timesteps.
 
 Scoring, per noise level L (cfg.baseline.noise_level, or each of cfg.baseline.noise_levels):
   1. x_L = add_noise(x0, noise, L), noise Gaussian or simplex-like (cfg.baseline.noise_type);
-  2. DDIM (eta = cfg.score.eta) from L down to 0 over cfg.score.ddim_steps respaced steps; the
+  2. DDIM (eta = score.eta) from L down to 0 over score.ddim_steps "linspace" steps; the
      reconstruction is the last x0_pred (ddim_steps = 1 gives the one-step estimate);
   3. error = (x0 - reconstruction)^2 inside the brain, averaged over the levels.
 """
@@ -18,22 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig
+from mmccd.config import ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.errors import ConfigError
-from mmccd.models.noise_schedule import NoiseSchedule
-from mmccd.models.unet import UNet
-from mmccd.scoring.base import AnomalyMethod, LossFn, masked_error
+from mmccd.models import LossFn, NoiseSchedule, UNet, ddim_loop
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
 from mmccd.scoring.baselines.autoencoder import ConvEncoder
 from mmccd.scoring.baselines.noise import diffusion_noise, make_generator, timesteps_uniform
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B,1,H,W), t (B,) long) -> x0_pred (B,1,H,W)
-
-
-def ddim_timesteps(level: int, steps: int) -> list[int]:
-    """Descending timesteps from `level` to 0, `steps` of them (fewer if level + 1 < steps); [level] if steps = 1."""
-    ts = torch.linspace(level, 0, max(1, steps)).round().long().unique_consecutive()
-    return ts.tolist()
 
 
 class LatentEncoder(nn.Module):
@@ -76,7 +69,6 @@ class AnoDDPM(AnomalyMethod):
 
     name = "ddpm"
     net_key = "ddpm"
-    needs_target_for_training = False
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -87,8 +79,6 @@ class AnoDDPM(AnomalyMethod):
             if not 0 <= level < d.num_timesteps:
                 raise ConfigError(f"baseline.noise_level(s): {level} is outside 0..{d.num_timesteps - 1} "
                                   f"(diffusion.num_timesteps = {d.num_timesteps})")
-        if b.noise_type not in ("gaussian", "simplex"):
-            raise ConfigError(f"baseline.noise_type: expected 'gaussian' or 'simplex', found '{b.noise_type}'")
         self.nets[self.net_key] = self.build_net(cfg)
 
     def build_net(self, cfg: ExperimentConfig) -> nn.Module:
@@ -107,7 +97,7 @@ class AnoDDPM(AnomalyMethod):
 
     def noised(self, x0: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Training input: x0 (B, 1, H, W) -> (x_t (B, 1, H, W), t (B,) long), t ~ U{0..T-1}."""
-        g = make_generator(self.cfg, generator)
+        g = make_generator(self.cfg.train.seed, generator)  # training always passes one
         t = timesteps_uniform(x0.shape[0], self.schedule.num_timesteps, g, x0.device)
         return self.schedule.add_noise(x0, self.noise(tuple(x0.shape), g, x0.device), t), t
 
@@ -117,30 +107,25 @@ class AnoDDPM(AnomalyMethod):
         return F.mse_loss(net(x_t, t), batch.source)
 
     # ------------------------------------------------------------------ scoring
-    def reconstruct(self, x0: Tensor, level: int, g: torch.Generator) -> Tensor:
+    def reconstruct(self, net: nn.Module, x0: Tensor, level: int, settings: ScoreConfig, g: torch.Generator) -> Tensor:
         """(B, 1, H, W) source -> (B, 1, H, W) reconstruction after diffusing to `level` and denoising with DDIM."""
-        denoise = self.denoiser(self.nets[self.net_key], x0)
-        b, eta = x0.shape[0], self.cfg.score.eta
+        denoise = self.denoiser(net, x0)
+        b = x0.shape[0]
         x_t = self.schedule.add_noise(x0, self.noise(tuple(x0.shape), g, x0.device),
                                       torch.full((b,), level, dtype=torch.long, device=x0.device))
-        ts = ddim_timesteps(level, self.cfg.score.ddim_steps)
-        x0_pred = x0
-        for i, t in enumerate(ts):
-            x0_pred = denoise(x_t, torch.full((b,), t, dtype=torch.long, device=x0.device))
-            if i + 1 < len(ts):
-                step_noise = self.noise(tuple(x0.shape), g, x0.device) if eta > 0 else None
-                x_t = self.schedule.ddim_step(x_t, x0_pred, t, ts[i + 1], eta=eta, noise=step_noise)
-        return x0_pred
+        ts = self.schedule.timesteps(settings.ddim_steps, "linspace", start=level)
+        return ddim_loop(lambda x, t: denoise(x, torch.full((b,), t, dtype=torch.long, device=x0.device)), x_t, ts,
+                         self.schedule, settings.eta, lambda: self.noise(tuple(x0.shape), g, x0.device))
 
-    @torch.no_grad()
-    def score(self, batch: SliceBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """{"anomaly_map": (B, 1, H, W) mean over levels of (source - recon)^2 in the brain,
-        "reconstruction": (B, 1, H, W) mean reconstruction over levels}."""
-        g = make_generator(self.cfg, generator)
+    def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
+                   generator: torch.Generator | None) -> ScoreOutput:
+        """anomaly_map (B, 1, H, W): mean over levels of (source - recon)^2 in the brain; reconstruction
+        (B, 1, H, W): the mean reconstruction over levels."""
+        g = make_generator(settings.seed, generator)
         x0 = batch.source
-        recons = [self.reconstruct(x0, level, g) for level in self.levels]
+        recons = [self.reconstruct(nets[self.net_key], x0, level, settings, g) for level in self.levels]
         errors = [masked_error(x0, r, batch.brain_mask) for r in recons]
-        return {"anomaly_map": torch.stack(errors).mean(0), "reconstruction": torch.stack(recons).mean(0)}
+        return ScoreOutput(torch.stack(errors).mean(0), reconstruction=torch.stack(recons).mean(0))
 
 
 class ConditionedDDPM(AnoDDPM):

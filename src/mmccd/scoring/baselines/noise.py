@@ -16,16 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmccd.config import ExperimentConfig
 from mmccd.errors import ConfigError
 
 
-def make_generator(cfg: ExperimentConfig, generator: torch.Generator | None) -> torch.Generator:
-    """`generator`, or a CPU generator seeded from `cfg.score.seed` when None."""
+def make_generator(seed: int, generator: torch.Generator | None) -> torch.Generator:
+    """`generator`, or a CPU generator seeded with `seed` when None."""
     if generator is not None:
         return generator
     g = torch.Generator()
-    g.manual_seed(cfg.score.seed)
+    g.manual_seed(seed)
     return g
 
 

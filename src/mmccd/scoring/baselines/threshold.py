@@ -7,12 +7,10 @@ intensity, oriented so that "more anomalous" is larger, and zero outside the bra
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from mmccd.config import ExperimentConfig
+from mmccd.config import ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
-from mmccd.errors import ConfigError
-from mmccd.scoring.base import AnomalyMethod
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput
 
 #: contrasts in which tumour (oedema, enhancing rim) is hyperintense
 BRIGHT_CONTRASTS = ("flair", "t2", "t1ce")
@@ -22,8 +20,6 @@ def resolve_sign(threshold_sign: str, contrast: str) -> str:
     """"bright" or "dark" from `cfg.baseline.threshold_sign` ("auto" reads the contrast)."""
     if threshold_sign == "auto":
         return "bright" if contrast in BRIGHT_CONTRASTS else "dark"
-    if threshold_sign not in ("bright", "dark"):
-        raise ConfigError(f"baseline.threshold_sign: expected 'bright', 'dark' or 'auto', found '{threshold_sign}'")
     return threshold_sign
 
 
@@ -35,14 +31,14 @@ class IntensityThreshold(AnomalyMethod):
     """
 
     name = "threshold"
-    needs_target_for_training = False
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
         self.sign = resolve_sign(cfg.baseline.threshold_sign, cfg.source)
 
-    def score(self, batch: SliceBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """batch.source (B, 1, H, W) -> {"anomaly_map": (B, 1, H, W)}; `generator` is unused."""
+    def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
+                   generator: torch.Generator | None) -> ScoreOutput:
+        """batch.source (B, 1, H, W) -> anomaly_map (B, 1, H, W); `settings` and `generator` are unused."""
         x = batch.source
         value = (x + 1) / 2 if self.sign == "bright" else (1 - x) / 2
-        return {"anomaly_map": value.clamp_min(0) * batch.brain_mask.to(x.dtype)}
+        return ScoreOutput(value.clamp_min(0) * batch.brain_mask.to(x.dtype))
