@@ -5,6 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    r"""`text` with the bytes of a non-UTF-8 file name (Python's surrogate escapes) written as \xNN, so that it
+    can be printed to any UTF-8 stream: os.fsdecode(b"M\xfcller") -> "M\xfcller" (9 characters); other text
+    is unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class MmccdError(Exception):
     """Base class: every expected failure the CLI reports without a traceback."""
 
@@ -31,7 +41,7 @@ class DataError(MmccdError):
             head += f", found {found}"
         if fix:
             head += f". {fix}"
-        super().__init__(head)
+        super().__init__(printable(head))  # a non-UTF-8 file name is shown, never a crash of print()
 
 
 class CheckpointError(MmccdError):

@@ -12,7 +12,7 @@ from data_helpers import volumes, write_case, write_nifti
 from mmccd.config import MODALITIES
 from mmccd.data.discovery import find_cases
 from mmccd.data.io import load_nifti, save_nifti_like
-from mmccd.data.validation import check_cases, validate_case
+from mmccd.data.validation import check_cases, neighbour_correlation, validate_case
 from mmccd.errors import DataError
 
 
@@ -127,7 +127,7 @@ def test_truncated_uncompressed(tmp_path):
 
 def test_not_nifti_with_nifti_name(case):
     (case / "C_001_flair.nii.gz").write_bytes(gzip.compress(b"this is a text file, not an image" * 20))
-    _one_error(case.parent, "not a readable NIfTI")
+    _one_error(case.parent, "a gzip file that does not hold a NIfTI image")
     (case / "C_001_flair.nii.gz").write_text("plain text")
     _one_error(case.parent, "not a gzip-compressed NIfTI")
     (case / "C_001_flair.nii.gz").unlink()
@@ -205,3 +205,63 @@ def test_save_nifti_like_roundtrip(case, tmp_path):
     save_nifti_like(data > 150, ref, out)
     assert nib.load(out).get_data_dtype() == np.uint8
     assert [p.name for p in out.parent.iterdir()] == ["map.nii.gz"]  # no temp files left
+
+
+@pytest.mark.parametrize("damage", ["nan", "singular"])
+def test_affine_must_be_finite_and_invertible(case, damage):
+    f = case / "C_001_t1.nii.gz"
+    img = nib.load(f)
+    header = img.header.copy()
+    srow = np.eye(4)[:3]
+    if damage == "nan":
+        srow[0, 0] = np.nan
+    else:
+        srow[2] = srow[1]  # two voxel axes along the same world direction
+    header["srow_x"], header["srow_y"], header["srow_z"] = srow
+    header["sform_code"], header["qform_code"] = 1, 0
+    raw = header.binaryblock + b"\0" * 4 + np.asarray(img.dataobj).astype(header.get_data_dtype()).tobytes("F")
+    f.write_bytes(gzip.compress(raw))
+    err = _one_error(case.parent, "NaN or infinite" if damage == "nan" else "not invertible", read_data=False)
+    assert err.found.startswith("sform [[") and "repair the header's sform" in str(err)
+
+
+def test_single_axial_slice_is_accepted_a_single_sagittal_slice_is_not(tmp_path):
+    def write_slices(index):
+        for key, v in volumes().items():
+            write_nifti(tmp_path / "C_001" / f"C_001_{key}.nii.gz", v[index])
+
+    write_slices(np.s_[:, :, 8:9])  # 24 x 24 x 1, axial (the third axis is S)
+    assert _validate(tmp_path).ok
+    write_slices(np.s_[12:13])  # 1 x 24 x 16
+    err = _one_error(tmp_path, "single sagittal or coronal slice", read_data=False)
+    assert "1 voxel along in-plane axis 0" in err.found
+
+
+def test_zero_sized_dimension_and_non_grey_voxels(case):
+    write_nifti(case / "C_001_t1.nii.gz", np.zeros((24, 24, 0), np.float32))
+    _one_error(case.parent, "has no voxels", read_data=False)
+    write_nifti(case / "C_001_t1.nii.gz", volumes()["t1"].astype(np.complex64))
+    assert "complex voxels" in _one_error(case.parent, "not grey levels", read_data=False).found
+
+
+def test_pure_noise_is_an_error_anatomy_is_not(case):
+    v = volumes()["flair"]
+    assert neighbour_correlation(v) > 0.9
+    noise = np.random.default_rng(0).uniform(1, 100, v.shape).astype(np.float32)
+    assert abs(neighbour_correlation(np.where(v != 0, noise, 0))) < 0.1
+    assert neighbour_correlation(v[:3, :3, :1]) is None  # too few pairs to tell
+    write_nifti(case / "C_001_flair.nii.gz", np.where(v != 0, noise, 0).astype(np.float32))
+    assert _one_error(case.parent, "pure noise").found.startswith("r = ")
+
+
+def test_inverted_and_not_skull_stripped_images(case):
+    v = volumes()["t1"]
+    img = nib.Nifti1Image(np.rint(v).astype(np.int16), np.eye(4))
+    img.header.set_slope_inter(-2.0, 0.0)
+    nib.save(img, str(case / "C_001_t1.nii.gz"))
+    err = _one_error(case.parent, "only negative intensities")
+    assert "scl_slope is -2" in err.found
+    data, _ = load_nifti(case / "C_001_t1.nii.gz", keep_integers=True)  # a scaled integer file is scaled
+    assert data.dtype == np.float32 and data.min() < 0
+    write_nifti(case / "C_001_t1.nii.gz", np.where(v != 0, v, 5.0).astype(np.float32))
+    assert "0.00% of the voxels 0" in _one_error(case.parent, "has no background").found

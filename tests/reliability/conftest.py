@@ -42,6 +42,17 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def prepare(run_cli, small_preset, tmp_path):
+    """`mmccd prepare --data DATA --out tmp/out` with the small preset, one process."""
+
+    def run(data, *extra):
+        return run_cli("prepare", "--data", data, "--out", tmp_path / "out", "--preset", small_preset,
+                       "--workers", "1", *extra)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def small_preset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("preset") / "small.yaml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -55,3 +56,48 @@ def rewrite(case: Path, key: str, data: np.ndarray, affine: np.ndarray | None = 
 def voxels(case: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
     img = nib.load(image(case, key))
     return np.asarray(img.dataobj), img.affine.copy()
+
+
+def set_header_affine(path: Path, affine: np.ndarray) -> Path:
+    """Write `affine` into the sform of the .nii.gz `path` byte by byte (qform off): nibabel refuses to build an image
+    with a NaN or singular affine, but such files exist (a converter's bug, a hand-edited header)."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[280:328] = np.asarray(affine[:3], "<f4").tobytes()  # srow_x, srow_y, srow_z
+    raw[252:256] = np.asarray([0, 1], "<i2").tobytes()  # qform_code 0, sform_code 1 (scanner)
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+BRATS2023 = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
+
+
+def to_brats2023(case: Path, keys=tuple(BRATS2023)) -> None:
+    """Rename `keys` of a BraTS-2021-named case to the 2023 naming (<case>-t2f.nii.gz, ...); labels 4 -> 3."""
+    for key in keys:
+        path = image(case, key)
+        if key == "seg":
+            seg, _ = voxels(case, "seg")
+            rewrite(case, "seg", np.where(seg == 4, 3, seg).astype(np.uint8))
+        path.rename(case / f"{case.name}-{BRATS2023[key]}.nii.gz")
+
+
+def skipped_case(result: CliResult, *fragments: str, case: str = "Phantom_00000", prepared: int = 0,
+                 skipped: int = 1) -> str:
+    """`mmccd prepare` skipped `case` (listed with its reason, which holds `fragments`); by default the data folder
+    held only that case: nothing prepared, exit 1. Returns the reason's line."""
+    assert result.code == (0 if prepared else 1), result
+    assert f"prepared {prepared} case(s)" in result.out and f"skipped {skipped}" in result.out, result
+    (line,) = [s for s in result.err.splitlines() if f"skipped {case}:" in s]
+    for f in fragments:
+        assert f in line, line
+    return line
+
+
+def one_error_line(result: CliResult, *fragments: str, code: int = 2) -> str:
+    """The command failed with exit `code` and exactly one `error:` line, holding `fragments`."""
+    assert result.code == code, result
+    lines = [s for s in result.err.splitlines() if "error:" in s]
+    assert len(lines) == 1, result.err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]

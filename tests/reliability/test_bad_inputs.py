@@ -1,7 +1,8 @@
 """Issue 7.1 at the user level: `mmccd` on broken inputs prints one clear line per problem (file, what was
 expected, what was found, what to do), exits non-zero and shows no traceback (that is behind --debug).
 
-One broken input per test, built in a temporary copy of a SYNTHETIC phantom case."""
+One broken input per test, built in a temporary copy of a SYNTHETIC phantom case. BAD_INPUT_KINDS below lists
+every kind of the corpus, here and in test_bad_inputs_data.py (issue 17.5), with what mmccd does and its test."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import gzip
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from reliability_helpers import image, rewrite, run_mmccd, voxels
+from reliability_helpers import image, one_error_line, rewrite, run_mmccd, skipped_case, voxels
 
 import mmccd.data.io as mmccd_io
 from mmccd.cli import main
@@ -22,35 +24,83 @@ from mmccd.config import load_config
 from mmccd.data.prepare import prepare_dataset
 from mmccd.errors import CheckpointError, ConfigError
 
+# (kind of bad input, what mmccd does, the test that pins it). What it does: "error" = one line naming the file
+# and what to do, exit 2; "skipped" = in a batch the case is skipped and listed with that line (exit 1 when no
+# case is left; --stop-on-error stops at it); "warning" = done, with a warning; "accepted" = works end to end.
+# One entry per distinct input (two parameters of one test count twice when they are different inputs).
+BAD_INPUT_KINDS = [
+    # the data folder
+    ("data folder that does not exist", "error", "test_missing_folder"),
+    ("data folder without case folders", "error", "test_empty_folder"),
+    ("data folder that is one case folder", "error", "test_data_folder_that_is_one_case_folder"),
+    ("case folder that is a dangling symbolic link", "skipped", "test_case_folder_that_is_a_dangling_symbolic_link"),
+    ("empty case folder", "skipped", "test_empty_case_folder_and_a_folder_without_nifti"),
+    ("case folder without NIfTI files (DICOM)", "skipped", "test_empty_case_folder_and_a_folder_without_nifti"),
+    # names and namings
+    ("case missing a contrast", "skipped", "test_case_missing_a_modality"),
+    ("two files for one contrast (.nii and .nii.gz)", "skipped", "test_duplicate_modality_files"),
+    ("segmentation without images", "skipped", "test_segmentation_without_images"),
+    ("BraTS 2021 and 2023 cases in one data folder", "accepted", "test_brats_2021_and_2023_cases_in_one_data_folder"),
+    ("one case mixing the 2021 and 2023 namings", "skipped", "test_one_case_mixing_the_2021_and_2023_namings"),
+    ("--layout pattern matching two files of a case", "skipped", "test_layout_pattern_that_matches_two_files"),
+    ("case folder name that is not UTF-8", "skipped", "test_non_utf8_names"),
+    ("file name that is not UTF-8", "accepted (shown escaped)", "test_non_utf8_names"),
+    ("case id with spaces", "accepted", "test_case_id_with_spaces_is_accepted_end_to_end"),
+    # files and headers
+    ("truncated .nii.gz", "error (--stop-on-error)", "test_truncated_nii_gz_in_a_terminal"),
+    ("non-NIfTI file with a NIfTI name", "skipped", "test_non_nifti_file_with_a_nifti_name"),
+    ("gzip file that is not NIfTI inside", "skipped", "test_gzip_file_that_is_not_nifti_inside"),
+    ("file that is a broken symbolic link (git-annex)", "skipped", "test_broken_symbolic_link"),
+    ("unreadable file (permission)", "skipped", "test_unreadable_file_simulated"),
+    ("4D image", "skipped", "test_4d_or_2d_image"),
+    ("2D image", "skipped", "test_4d_or_2d_image"),
+    ("4D file with a singleton fourth axis", "accepted",
+     "test_4d_file_with_a_singleton_fourth_axis_is_accepted_end_to_end"),
+    ("volume of one axial slice", "accepted", "test_volume_of_one_slice"),
+    ("volume of one sagittal slice", "skipped", "test_volume_of_one_slice"),
+    ("image with a zero-sized dimension", "skipped", "test_image_with_a_zero_sized_dimension"),
+    ("RGB voxels", "skipped", "test_voxels_that_are_not_grey_levels"),
+    ("complex voxels", "skipped", "test_voxels_that_are_not_grey_levels"),
+    ("non-invertible affine", "skipped", "test_affine_that_is_not_invertible_or_holds_nan"),
+    ("NaN affine", "skipped", "test_affine_that_is_not_invertible_or_holds_nan"),
+    ("contrasts of different shapes", "skipped", "test_shape_mismatch"),
+    ("contrasts of different voxel sizes", "skipped", "test_voxel_size_or_orientation_mismatch"),
+    ("contrasts of different orientations", "skipped", "test_voxel_size_or_orientation_mismatch"),
+    ("segmentation of another shape", "skipped", "test_segmentation_of_another_shape"),
+    # voxels
+    ("NaN or infinite voxels", "skipped", "test_nan_or_inf_voxels"),
+    ("all-zero volume", "skipped", "test_all_zero_volume"),
+    ("constant volume", "skipped", "test_constant_volume"),
+    ("source contrast that is pure noise", "skipped", "test_source_contrast_that_is_pure_noise"),
+    ("16-bit image with a negative scl_slope (inverted)", "skipped", "test_16_bit_image_with_a_negative_scl_slope"),
+    ("image that is not skull-stripped (no zero background)", "skipped", "test_image_that_is_not_skull_stripped"),
+    ("segmentation labels outside the naming's convention", "skipped", "test_unexpected_segmentation_labels"),
+    ("fractional segmentation labels", "skipped", "test_fractional_segmentation_labels"),
+    # contrasts, checkpoints, stores, configs, outputs
+    ("a contrast name that does not exist", "error", "test_requested_contrast_that_does_not_exist"),
+    ("scoring a case without the run's source contrast", "skipped",
+     "test_score_a_case_without_the_runs_source_contrast"),
+    ("scoring with a broken contrast other than the source", "warning",
+     "test_score_needs_only_the_source_a_broken_other_contrast_is_a_warning"),
+    ("checkpoint of another architecture", "error", "test_checkpoint_from_another_architecture"),
+    ("corrupted checkpoint", "error", "test_corrupted_checkpoint"),
+    ("prepared store damaged after the fact", "error", "test_damaged_prepared_store"),
+    ("config with an unknown key", "error", "test_config_with_an_unknown_key_or_a_wrong_type"),
+    ("config value of the wrong type", "error", "test_config_with_an_unknown_key_or_a_wrong_type"),
+    ("invalid YAML", "error", "test_invalid_yaml_is_one_line"),
+    ("output folder that already holds results", "error", "test_output_folder_that_already_holds_results"),
+    ("output path that cannot be created", "error", "test_an_output_path_that_cannot_be_created"),
+    ("evaluation with other settings already in the run", "error",
+     "test_evaluate_does_not_silently_replace_an_evaluation_with_other_settings"),
+]
 
-@pytest.fixture
-def prepare(run_cli, small_preset, tmp_path):
-    """`mmccd prepare --data DATA --out tmp/out` with the small preset, one process."""
 
-    def run(data, *extra):
-        return run_cli("prepare", "--data", data, "--out", tmp_path / "out", "--preset", small_preset,
-                       "--workers", "1", *extra)
-
-    return run
-
-
-def skipped_case(result, *fragments):
-    """A one-case folder whose case is bad: nothing prepared (exit 1), the reason names `fragments`."""
-    assert result.code == 1, result
-    assert "prepared 0 case(s)" in result.out and "skipped 1" in result.out
-    (line,) = [s for s in result.err.splitlines() if "skipped Phantom_00000" in s]
-    for f in fragments:
-        assert f in line, line
-    return line
-
-
-def one_error_line(result, *fragments, code=2):
-    assert result.code == code, result
-    lines = [s for s in result.err.splitlines() if "error:" in s]
-    assert len(lines) == 1, result.err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
+def test_the_corpus_holds_at_least_30_kinds_each_with_its_test():
+    here = Path(__file__).parent
+    source = "".join((here / name).read_text() for name in ("test_bad_inputs.py", "test_bad_inputs_data.py"))
+    kinds = [kind for kind, _, _ in BAD_INPUT_KINDS]
+    assert len(kinds) >= 30 and len(set(kinds)) == len(kinds)
+    assert [test for _, _, test in BAD_INPUT_KINDS if f"def {test}(" not in source] == []
 
 
 # ---------------------------------------------------------------- folders

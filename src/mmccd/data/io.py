@@ -48,12 +48,26 @@ def _sniff(path: Path, case_id: str | None) -> None:
             raise DataError("not a gzip-compressed NIfTI file", case=case_id, file=path,
                             expected="a .nii.gz file (gzip)", found=f"first bytes {head[:2]!r}",
                             fix="re-export the image as NIfTI, or fix the file name")
+        try:  # the first bytes inside: a gzip of something else (DICOM, an HTML error page) is not NIfTI
+            with gzip.open(path, "rb") as f:
+                inner = f.read(4)
+        except (EOFError, OSError, zlib.error):
+            return  # truncated or corrupt: nibabel's read says so
+        if len(inner) == 4 and not _nifti_sizeof_hdr(inner):
+            raise DataError("a gzip file that does not hold a NIfTI image", case=case_id, file=path,
+                            expected="a NIfTI-1/2 header inside the gzip (sizeof_hdr 348 or 540)",
+                            found=f"first bytes {inner!r} after decompression",
+                            fix="re-export the image as NIfTI (e.g. with dcm2niix), or remove it")
         return
-    sizeof_hdr = (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
-    if not any(s in (348, 540) for s in sizeof_hdr):
+    if not _nifti_sizeof_hdr(head):
         raise DataError("not a NIfTI file", case=case_id, file=path,
                         expected="a NIfTI-1/2 header (sizeof_hdr 348 or 540)", found=f"first bytes {head!r}",
                         fix="re-export the image as NIfTI (e.g. with dcm2niix), or remove it")
+
+
+def _nifti_sizeof_hdr(head: bytes) -> bool:
+    """The first 4 bytes are a NIfTI-1 or NIfTI-2 sizeof_hdr (348 or 540) in either byte order."""
+    return any(int.from_bytes(head, order) in (348, 540) for order in ("little", "big"))
 
 
 def spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -67,7 +81,9 @@ def spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def load_header(path: str | Path, case_id: str | None = None) -> nib.Nifti1Image:
     """Open a NIfTI image without reading its voxels (nibabel proxy); checks the name, bytes and header.
 
-    Raises DataError for a missing, unreadable or non-NIfTI file and for an image that is not 3D."""
+    Raises DataError for a missing, unreadable or non-NIfTI file (a gzip of something else included) and for an
+    image that is not 3D, has no voxels, holds no grey levels (RGB, complex) or whose affine is not finite and
+    invertible."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise DataError("the file is a broken symbolic link", case=case_id, file=path,
@@ -94,7 +110,47 @@ def load_header(path: str | Path, case_id: str | None = None) -> nib.Nifti1Image
         raise DataError("the image is not a 3D volume", case=case_id, file=path,
                         expected="3 dimensions (a 4th of size 1 is accepted)", found=f"shape {tuple(img.shape)}",
                         fix="split 4D series into 3D volumes; 2D slices are not supported")
+    if 0 in shape:
+        raise DataError("the image has no voxels", case=case_id, file=path,
+                        expected="at least one voxel along each axis", found=f"shape {tuple(img.shape)}",
+                        fix="export the image again")
+    _check_voxel_type(img, path, case_id)
+    _check_affine(img, path, case_id)
     return img
+
+
+def _check_voxel_type(img: nib.Nifti1Image, path: Path, case_id: str | None) -> None:
+    """One real number per voxel: RGB (a screenshot / overlay export) and complex (raw k-space recon) are refused."""
+    dtype = img.header.get_data_dtype()
+    if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating) or dtype.kind not in "biuf":
+        kind = "RGB(A) colour" if dtype.fields is not None else "complex" if dtype.kind == "c" else str(dtype)
+        raise DataError("the voxels are not grey levels", case=case_id, file=path,
+                        expected="one real intensity per voxel (integer or float)", found=f"{kind} voxels ({dtype})",
+                        fix="export a grey-level image (for complex data, its magnitude)")
+
+
+def _check_affine(img: nib.Nifti1Image, path: Path, case_id: str | None) -> None:
+    """The voxel-to-world matrix must be finite and invertible: orientation, axial axis and the map's grid use it."""
+    affine = np.asarray(img.affine, dtype=float)
+    header = img.header
+    source = ("sform" if header["sform_code"] > 0 else "qform" if header["qform_code"] > 0
+              else "pixdim (no sform or qform)")
+    fix = (f"repair the header's {source.split()[0]} (e.g. with nibabel, set the affine of another image of the "
+           "case) or export the image again")
+    if not np.all(np.isfinite(affine)):
+        raise DataError("the header's affine (voxel-to-world matrix) holds NaN or infinite values", case=case_id,
+                        file=path, expected="a finite, invertible affine", found=f"{source} {_rows(affine)}", fix=fix)
+    rotation_zoom = affine[:3, :3]
+    scale = np.prod(np.linalg.norm(rotation_zoom, axis=0))
+    if not abs(np.linalg.det(rotation_zoom)) > 1e-6 * scale:  # a zero or repeated column: not a 3D grid
+        raise DataError("the header's affine (voxel-to-world matrix) is not invertible", case=case_id, file=path,
+                        expected="a finite, invertible affine (three independent axes of non-zero voxel size)",
+                        found=f"{source} {_rows(affine)}", fix=fix)
+
+
+def _rows(affine: np.ndarray) -> str:
+    """The first three rows, compactly: [[1, 0, 0, -90], [0, 1, 0, -126], [0, 0, 0, -72]]."""
+    return "[" + ", ".join("[" + ", ".join(f"{float(v):.4g}" for v in row) + "]" for row in affine[:3]) + "]"
 
 
 def load_nifti(path: str | Path, case_id: str | None = None,
@@ -128,8 +184,17 @@ def _unscaled_integers(img: nib.Nifti1Image) -> bool:
     """The file stores integers and applies no intensity scaling (slope 1 or unset, intercept 0 or unset)."""
     if not np.issubdtype(img.header.get_data_dtype(), np.integer):
         return False
-    slope, inter = img.header.get_slope_inter()
+    slope, inter = scaling(img)
     return slope in (None, 1.0) and inter in (None, 0.0)
+
+
+def scaling(img: nib.Nifti1Image) -> tuple[float | None, float | None]:
+    """(scl_slope, scl_inter) of a loaded file: nibabel keeps them on the voxel proxy (`img.header` of a loaded
+    image reports (None, None)); None where unset."""
+    slope, inter = getattr(img.dataobj, "slope", None), getattr(img.dataobj, "inter", None)
+    if slope is None and inter is None:
+        slope, inter = img.header.get_slope_inter()
+    return slope, inter
 
 
 def save_nifti_like(array: np.ndarray, reference_img: nib.Nifti1Image, path: str | Path) -> None:

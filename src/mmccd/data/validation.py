@@ -4,8 +4,11 @@ expected and what was found.
 Two levels, so that preparing a data set reads each volume once:
 
 - header level (`validate_case(..., read_data=False)`): missing / duplicate / unreadable /
-  non-NIfTI / non-3D files, shape, voxel size and orientation across modalities and segmentation;
-- voxel level (`check_arrays`): NaN/Inf, empty or constant volumes, segmentation labels.
+  non-NIfTI / non-3D files, zero-sized, non-grey-level or with an affine that is not finite and invertible
+  (`io.load_header`); a single sagittal or coronal slice; shape, voxel size and orientation across
+  modalities and segmentation;
+- voxel level (`check_arrays`): NaN/Inf, empty or constant volumes, only negative intensities (an inverted
+  scaling), no zero background (not skull-stripped), no anatomy (pure noise), segmentation labels.
 
 `prepare_case` runs both on the arrays it has loaded anyway (`validate_loaded`).
 A header origin (translation) that differs while the voxel grid is identical is only a warning:
@@ -23,7 +26,8 @@ import nibabel as nib
 import numpy as np
 
 from mmccd.data.discovery import SEG, Case
-from mmccd.data.io import load_header, load_nifti, spatial_shape
+from mmccd.data.io import load_header, load_nifti, scaling, spatial_shape
+from mmccd.data.preprocess import axial_axis
 from mmccd.errors import DataError
 
 log = logging.getLogger("mmccd")
@@ -33,6 +37,10 @@ ANY_LABELS = (0, 1, 2, 3, 4)  # custom and single-file naming
 ZOOM_TOL = 1e-3  # mm
 DIRECTION_TOL = 1e-3
 ORIGIN_TOL = 1e-2  # mm
+MIN_BACKGROUND = 0.01  # fraction of zero voxels below which an image is not skull-stripped (BraTS: 0.81-0.88)
+# correlation of neighbouring brain voxels below which an image holds no anatomy; measured: real BraTS 2018 and
+# 2023 volumes 0.85-0.96, the SYNTHETIC phantom 0.80-0.92, i.i.d. noise within 0.02 of 0
+MIN_NEIGHBOUR_CORRELATION = 0.3
 
 
 @dataclass
@@ -54,8 +62,11 @@ def allowed_labels(naming: str) -> tuple[int, ...]:
 
 
 def check_files(case: Case, modalities: Sequence[str], require_seg: bool) -> list[DataError]:
-    """Discovery problems, requested modalities and segmentation that are missing."""
+    """Discovery problems, requested modalities and segmentation that are missing (not listed one by one when
+    discovery found no file at all: its problem says why)."""
     errors = [DataError(p, case=case.case_id, file=case.root) for p in case.problems]
+    if errors and not case.files:
+        return errors
     duplicated = " ".join(case.problems)
     present = ", ".join(sorted(case.files)) or "none"
     for m in modalities:
@@ -88,6 +99,14 @@ def check_geometry(case: Case, images: Mapping[str, nib.Nifti1Image], files: Map
     ref_key = next(iter(images))
     ref = images[ref_key]
     ref_shape = spatial_shape(ref.shape)
+    thin = _thin_in_plane_axis(ref)
+    if thin is not None:
+        result.errors.append(DataError(
+            "the image is a single sagittal or coronal slice", case=case.case_id, file=files[ref_key],
+            expected="axial slices of at least 2 x 2 voxels (one axial slice is accepted)",
+            found=f"shape {ref_shape}, axes {''.join(nib.aff2axcodes(ref.affine))}: 1 voxel along in-plane axis {thin}",
+            fix="mmccd works on axial slices: give it a 3D volume or an axial slice"))
+        return result
     ref_zooms = np.asarray(ref.header.get_zooms()[:3], dtype=float)
     ref_dir = ref.affine[:3, :3] / np.linalg.norm(ref.affine[:3, :3], axis=0)
     for key, img in images.items():
@@ -121,13 +140,23 @@ def check_geometry(case: Case, images: Mapping[str, nib.Nifti1Image], files: Map
     return result
 
 
+def _thin_in_plane_axis(img: nib.Nifti1Image) -> int | None:
+    """The voxel axis of size 1 among the two that are not axial (slices would be lines), or None."""
+    axis = axial_axis(img.affine)
+    shape = spatial_shape(img.shape)
+    return next((a for a in range(3) if a != axis and shape[a] < 2), None)
+
+
 def _mm(zooms: np.ndarray) -> str:
     """(1.0, 1.0, 2.0) -> '1 x 1 x 2' (numpy 2 prints np.float64(1.0) inside tuples)."""
     return " x ".join(f"{float(z):.4g}" for z in zooms)
 
 
-def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[str, Path]) -> list[DataError]:
-    """Voxel-level checks: NaN/Inf, empty or constant volumes; segmentation labels for key "seg"."""
+def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[str, Path],
+                 images: Mapping[str, nib.Nifti1Image] | None = None) -> list[DataError]:
+    """Voxel-level checks: NaN/Inf, empty, constant, inverted (only negative), not skull-stripped (no zero
+    background) or anatomy-free (pure noise) images; segmentation labels for key "seg". `images` (the headers,
+    optional) lets a message name an inverting scl_slope."""
     errors = []
     for key, data in arrays.items():
         f = files[key]
@@ -147,7 +176,48 @@ def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[st
         elif lo == hi:
             errors.append(DataError(f"the {key} volume is constant", case=case.case_id, file=f,
                                     expected="an image with contrast", found=f"every voxel {lo:g}"))
+        elif hi <= 0:
+            slope = scaling(images[key])[0] if images and key in images else None
+            why = f" (the header's scl_slope is {slope:g}: it inverts the stored values)" if slope and slope < 0 else ""
+            errors.append(DataError(f"the {key} volume has only negative intensities", case=case.case_id, file=f,
+                                    expected="MRI intensities >= 0 (background 0)",
+                                    found=f"intensities {lo:g} .. {hi + 0.0:g}{why}",
+                                    fix="re-export the image with a positive intensity scaling (or negate it)"))
+        elif (background := 1 - np.count_nonzero(data) / data.size) < MIN_BACKGROUND:
+            errors.append(DataError(f"the {key} volume has no background", case=case.case_id, file=f,
+                                    expected=f"a skull-stripped brain with background exactly 0 (at least "
+                                             f"{MIN_BACKGROUND:.0%} of the voxels)",
+                                    found=f"{background:.2%} of the voxels 0, intensities {lo:g} .. {hi:g}",
+                                    fix="skull-strip the image (e.g. HD-BET, SynthStrip); an intensity offset "
+                                        "(scl_inter) also hides the background"))
+        elif (r := neighbour_correlation(data)) is not None and r < MIN_NEIGHBOUR_CORRELATION:
+            errors.append(DataError(f"the {key} volume looks like pure noise (no anatomy)", case=case.case_id, file=f,
+                                    expected=f"neighbouring brain voxels correlated "
+                                             f"(r >= {MIN_NEIGHBOUR_CORRELATION:g}; BraTS MRI: 0.85-0.96)",
+                                    found=f"r = {r:.3f}",
+                                    fix="check that the file is the intended image (not a noise map, not read "
+                                        "with the wrong data type or byte order)"))
     return errors
+
+
+def neighbour_correlation(data: np.ndarray, planes: int = 16) -> float | None:
+    """Pearson correlation of the pairs of neighbouring voxels that are both non-zero, along the first two axes
+    of up to `planes` evenly spaced planes of the third (a few ms on a BraTS volume); None under 200 pairs.
+
+    data: (X, Y, Z). Anatomy is smooth at the voxel scale (r near 1); independent noise gives r near 0."""
+    index = np.unique(np.linspace(0, data.shape[2] - 1, min(planes, data.shape[2])).round().astype(int))
+    sample = np.asarray(data[:, :, index], dtype=np.float64)
+    firsts, seconds = [], []
+    for a, b in ((sample[:-1], sample[1:]), (sample[:, :-1], sample[:, 1:])):
+        both = (a != 0) & (b != 0)
+        firsts.append(a[both])
+        seconds.append(b[both])
+    x, y = np.concatenate(firsts), np.concatenate(seconds)
+    if x.size < 200:
+        return None
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    return float(np.dot(x, y) / denominator) if denominator > 0 else None
 
 
 def _check_labels(case: Case, seg: np.ndarray, f: Path) -> list[DataError]:
@@ -156,10 +226,15 @@ def _check_labels(case: Case, seg: np.ndarray, f: Path) -> list[DataError]:
     values = np.unique(labelled)
     if labelled.size < seg.size:
         values = np.concatenate([np.zeros(1, values.dtype), values])
-    if not np.all(values == np.round(values)):
-        frac = [float(v) for v in values if v != np.round(v)][:5]
+    fractional = values != np.round(values)
+    if fractional.any():
+        frac = [float(v) for v in values[fractional][:5]]
+        n = int(np.count_nonzero(np.isin(labelled, values[fractional])))
         return [DataError("the segmentation holds non-integer values", case=case.case_id, file=f,
-                          expected=f"labels {set(allowed)}", found=f"values such as {frac}")]
+                          expected=f"integer labels {set(allowed)} (integral floats such as 2.0 are accepted)",
+                          found=f"{n} voxel(s) with values such as {frac}",
+                          fix="a label map resampled with linear interpolation: resample it with nearest-neighbour "
+                              "interpolation (or round it) and save it as integers")]
     bad = sorted({int(v) for v in values} - set(allowed))
     if bad:
         return [DataError("the segmentation holds unexpected labels", case=case.case_id, file=f,
@@ -176,7 +251,7 @@ def validate_loaded(case: Case, images: Mapping[str, nib.Nifti1Image], arrays: M
     files = case.files
     result.extend(check_geometry(case, images, files))
     if not result.errors:
-        result.errors += check_arrays(case, arrays, files)
+        result.errors += check_arrays(case, arrays, files, images)
     return result
 
 
@@ -191,7 +266,7 @@ def validate_case(case: Case, modalities: Sequence[str], require_seg: bool, read
         try:
             if read_data:
                 data, img = load_nifti(f, case.case_id)
-                result.errors += check_arrays(case, {key: data}, files)
+                result.errors += check_arrays(case, {key: data}, files, {key: img})
                 del data
             else:
                 img = load_header(f, case.case_id)
