@@ -21,7 +21,8 @@ Volumes are (N, H, W) bool, axis 0 across slices; spacing is (slice, row, column
 Per-slice records (`metrics.MapRecord`) become a volume by placing each slice at its slice_index: a
 missing index leaves an empty slice (no brain), so lesions and components never join across a gap,
 and distances across it stay true to the mm. Only brain voxels count, as in `metrics`: the prediction
-is ``anomaly_map >= threshold`` inside the brain, and ground truth outside the brain is ignored.
+is ``anomaly_map >= threshold`` inside the brain, and ground truth outside the brain is ignored (the eroded
+brain, when a `postprocess` erodes it).
 """
 
 from __future__ import annotations

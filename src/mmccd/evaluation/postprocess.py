@@ -25,6 +25,7 @@ S // 25; the median's side to the nearest odd number of 5 f (1 = off); the minim
 and the component removal in 3D as they do, scaled across slices by their 2 mm over our slice spacing:
 median depth = nearest odd of 5 * 2 / slice_mm (11 at 1 mm; none without an in-plane median), minimum
 component 8 f^2 * 2 / slice_mm voxels. The per-slice protocol can only use dims=2; every protocol can.
+(Cost: the 11 x 7 x 7 median of dims=3 at 128 px takes ~15 s per 140-slice volume on one core; 2D ~2 s.)
 Known differences: our crop box is the square around the brain (theirs a fixed 192 mm field of view that
 a ~170 mm brain fills to ~90% along its longest axis), so scaled by image side our sizes are roughly 10%
 smaller relative to the brain;
