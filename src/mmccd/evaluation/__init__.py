@@ -5,9 +5,20 @@ numpy in, numpy out; no torch. Typical use::
     choice = choose_threshold(val_records)                  # on VALIDATION subjects only
     result = evaluate_maps(test_records, choice.threshold)  # applied once to test
     write_report(run_dir, result, {"method": "mmccd", "threshold": choice.describe()})
+    lesions = evaluate_lesions(test_records, choice.threshold, spacing)   # lesion-wise, HD95, volumes
+    best = compare_to_best({m: subject_values(r.per_subject) for m, r in results.items()})
 """
 
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid, montage, subject_strip_plot
+from mmccd.evaluation.lesions import (
+    evaluate_lesions,
+    hd95,
+    lesion_detection,
+    stack_subject,
+    subject_lesion_metrics,
+    summarise_lesions,
+    volume_metrics,
+)
 from mmccd.evaluation.metrics import (
     METRICS,
     EvalResult,
@@ -20,8 +31,22 @@ from mmccd.evaluation.metrics import (
     predict,
     slice_metrics,
 )
-from mmccd.evaluation.postprocess import PostProcess, erode_brain, median_filter, remove_small_components
+from mmccd.evaluation.postprocess import (
+    PostProcess,
+    erode_brain,
+    median_filter,
+    median_filter_3d,
+    remove_small_components,
+    remove_small_components_3d,
+)
 from mmccd.evaluation.report import write_report
+from mmccd.evaluation.stats import (
+    BestComparison,
+    PairedComparison,
+    compare_paired,
+    compare_to_best,
+    subject_values,
+)
 from mmccd.evaluation.thresholds import (
     ThresholdChoice,
     candidate_thresholds,
@@ -31,8 +56,11 @@ from mmccd.evaluation.thresholds import (
 )
 
 __all__ = [
-    "METRICS", "EvalResult", "MapRecord", "PostProcess", "ThresholdChoice", "auprc", "auroc",
-    "candidate_thresholds", "choose_threshold", "dice", "dice_curve", "dice_threshold_plot", "erode_brain",
-    "evaluate_maps", "figure_grid", "group_by_subject", "median_filter", "montage", "oracle_threshold",
-    "predict", "remove_small_components", "slice_metrics", "subject_strip_plot", "write_report",
+    "METRICS", "BestComparison", "EvalResult", "MapRecord", "PairedComparison", "PostProcess", "ThresholdChoice",
+    "auprc", "auroc", "candidate_thresholds", "choose_threshold", "compare_paired", "compare_to_best", "dice",
+    "dice_curve", "dice_threshold_plot", "erode_brain", "evaluate_lesions", "evaluate_maps", "figure_grid",
+    "group_by_subject", "hd95", "lesion_detection", "median_filter", "median_filter_3d", "montage",
+    "oracle_threshold", "predict", "remove_small_components", "remove_small_components_3d", "slice_metrics",
+    "stack_subject", "subject_lesion_metrics", "subject_strip_plot", "subject_values", "summarise_lesions",
+    "volume_metrics", "write_report",
 ]
