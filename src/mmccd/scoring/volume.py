@@ -86,6 +86,8 @@ def score_case(method: AnomalyMethod, settings: ScoreConfig, case: Case, thresho
 
     Only the source contrast is needed (`case.images[method.cfg.source]`)."""
     source_name = method.cfg.source
+    if case.problems and not case.files:  # an empty folder, a dangling link: its own reason, not "no source"
+        raise DataError(case.problems[0], case=case.case_id, file=case.root)
     if source_name not in case.images:
         raise DataError("the source contrast is missing", case=case.case_id, file=case.root,
                         expected=f"a {source_name} image (the run's source contrast)",
