@@ -15,7 +15,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "mmccd"
 #: the layer of each top-level unit: a unit may import only units of its own or a lower layer
 LAYERS = {
-    "errors": 0, "paths": 0, "config": 0, "atomic": 0, "provenance": 0, "distributed": 0,
+    "errors": 0, "paths": 0, "config": 0, "atomic": 0, "provenance": 0, "distributed": 0, "progress": 0,
     "runtime": 1, "masks": 1, "data": 1,
     "models": 2, "checkpoints": 2, "training": 3,
     "scoring": 4, "evaluation": 4,

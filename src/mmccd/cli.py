@@ -178,8 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["cyclic-unet", "mmccd", "threshold"], choices=method_names(),
                    metavar="METHOD", help=f"methods to compare, of {', '.join(method_names())} "
                    "(default: cyclic-unet mmccd threshold)")
-    p.add_argument("--pairs", nargs="+", default=["flair:t2"], metavar="SOURCE:TARGET",
-                   help="contrast pairs of t1, t1ce, t2, flair; the source is the input at inference (default: flair:t2)")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="subject-level K-fold cross-validation (folds written once to prepared/folds.json): every "
+                        "subject is tested once; without it, the store's one split (splits.json)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained and evaluated in parallel processes (default 1; "
+                   "on a CPU use the number of cores: each job gets cores / jobs threads)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED",
+                   help="also train mmccd, cyclic-unet and dae of fold 0 with these training seeds: the seed spread "
+                        "beside the subject spread")
+    p.add_argument("--postprocess", nargs="+", default=[], choices=["field"], metavar="PROFILE",
+                   help="named post-processing profiles reported beside the raw numbers: field (median, brain "
+                        "erosion, small components as in the cDDPM/pDDPM code, scaled to the image size)")
+    p.add_argument("--estimate-only", action="store_true", help="print the plan and its measured time estimate, then stop")
+    p.add_argument("--pairs", nargs="+", default=["flair:t2"], metavar="SOURCE:TARGET[=METHODS]",
+                   help="contrast pairs of t1, t1ce, t2, flair; the source is the input at inference (default: flair:t2); "
+                        "t2:flair=mmccd,dae runs only those methods on that pair")
+    p.add_argument("--test-layout", type=Path, help="--test-data's file layout: a YAML mapping modality (and seg) to a "
+                   "file pattern, for datasets not in BraTS layout (any lesion label > 0 is the anomaly)")
     p.add_argument("--test-data", type=Path, help="another folder of cases: every case with a segmentation is also "
                    "evaluated as test (threshold still chosen on the training data's validation subjects)")
     p.add_argument("--protocols", nargs="+", choices=["max_tumour", "all"], default=["max_tumour", "all"],
@@ -291,8 +306,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_benchmark(args.data, args.out, preset=args.preset, methods=args.methods, pairs=args.pairs,
                       test_data=args.test_data, overwrite=args.overwrite, protocols=args.protocols,
-                      scoring=args.scoring,
+                      scoring=args.scoring, folds=args.folds, profiles=args.postprocess, seeds=args.seeds,
+                      jobs=args.jobs, test_layout=args.test_layout, estimate_only=args.estimate_only,
                       postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component))
+        if args.estimate_only:
+            return 0
         print((Path(args.out) / "results.md").read_text())
         print(f"figures and per-run reports: {Path(args.out) / 'report.html'}")
         return 0

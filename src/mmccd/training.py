@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from mmccd.checkpoints import load_checkpoint, load_state_checked, save_checkpoint
 from mmccd.config import ExperimentConfig, TrainConfig
@@ -37,6 +36,7 @@ from mmccd.data.batch import SliceBatch, collate_slices
 from mmccd.distributed import barrier, dist_info
 from mmccd.errors import ConfigError, DataError, MmccdError
 from mmccd.models import LossFn
+from mmccd.progress import progress
 from mmccd.runtime import autocast, autocast_dtype
 
 log = logging.getLogger("mmccd")
@@ -176,7 +176,7 @@ def train_network(
                         generator=torch.Generator())  # own generator: creating the iterator must not draw from the global RNG
 
     writer = _Logger(log_dir, net_name, step) if rank == 0 and log_dir is not None else None
-    bar = tqdm(total=tc.iterations, initial=step, desc=f"train {net_name}", disable=rank != 0, dynamic_ncols=True)
+    bar = progress(total=tc.iterations, initial=step, desc=f"train {net_name}", disable=rank != 0)
     t_start = time.perf_counter()
     wait = 0.0
     loss_value = float("nan")

@@ -77,13 +77,13 @@ def test_levels_are_labelled_and_match_the_run_reports(bench):
     doc = json.loads((root / "out" / "results.json").read_text())
     assert {"dice_val_threshold", "dice_volume", "pooled_dice", "slice_mean_dice_volume"} <= set(doc["aggregation"])
     for e in entries:
-        mt, vol = e["protocols"]["max_tumour"], e["protocols"]["all"]
+        (mt,), (vol,) = e["protocols"]["max_tumour"], e["protocols"]["all"]  # one split: one evaluation each
         assert e["dice_val_threshold"] == mt["subject_mean_dice"] == mt["slice_mean_dice"]  # one slice per subject
         assert e["dice_volume"] == vol["subject_mean_dice"] and e["slice_mean_dice_volume"] == vol["slice_mean_dice"]
         assert e["pooled_dice"] == mt["pooled_dice"] and e["pooled_dice_volume"] == vol["pooled_dice"]
         assert e["n_test_slices"] == e["n_test_subjects"] < e["n_test_slices_volume"]
         folder = "eval-all" if e["test_set"] == "held-out test split" else "eval-test-data-all"
-        metrics = json.loads((root / "out" / e["run"] / folder / "metrics.json").read_text())
+        metrics = json.loads((root / "out" / e["runs"][0] / folder / "metrics.json").read_text())
         assert metrics["summary"]["subject_mean_dice"] == pytest.approx(e["dice_volume"])
         assert metrics["threshold"] == pytest.approx(e["threshold_volume"])
 
@@ -119,7 +119,7 @@ def test_resume_skips_finished_work(bench, monkeypatch):
         raise AssertionError("finished work was recomputed")
 
     monkeypatch.setattr("mmccd.pipeline.runs.train_network", fail)
-    monkeypatch.setattr(benchmark, "train_run", fail)
+    monkeypatch.setattr("mmccd.pipeline.benchmark.jobs.train_run", fail)
     monkeypatch.setattr("mmccd.pipeline.evaluate.score_split", fail)  # no map scored again ...
     monkeypatch.setattr("mmccd.pipeline.evaluate.threshold_protocol", fail)  # ... and no evaluation redone
     again = run_benchmark(root / "cases", out, preset=root / "preset.yaml", methods=["cyclic-unet", "threshold"],
@@ -148,7 +148,8 @@ def test_threshold_never_sees_test_subjects():
 
 
 def test_parse_pair():
-    assert parse_pair("FLAIR:t2") == ("flair", "t2")
+    assert parse_pair("FLAIR:t2")[:2] == ("flair", "t2")
+    assert parse_pair("t2:flair=mmccd,dae") == ("t2", "flair", ("mmccd", "dae"))
     for bad in ("flair", "flair:flair", "t3:t2", "flair:t2:t1"):
         with pytest.raises(Exception, match="SOURCE:TARGET"):
             parse_pair(bad)
@@ -176,7 +177,7 @@ def test_scoring_choice_is_part_of_the_evaluation_and_the_command(bench):
 
 def test_mmccd_scoring_is_described_in_words():
     from mmccd.config import load_score_preset, to_dict
-    from mmccd.pipeline.benchmark_report import describe_scoring
+    from mmccd.pipeline.benchmark.report import describe_scoring
 
     assert describe_scoring("mmccd", to_dict(load_score_preset("fast"))) == \
         "16 stripes × 1 DDIM step, trailing, composite backward"

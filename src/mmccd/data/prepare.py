@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmccd.config import MODALITIES, PrepareConfig, to_dict
 from mmccd.data.discovery import SEG, Case, find_cases
@@ -60,6 +59,7 @@ from mmccd.data.store import (
 from mmccd.data.validation import check_cases, validate_loaded
 from mmccd.distributed import barrier, gather_objects, is_main, local_world_size, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError
+from mmccd.progress import progress
 
 log = logging.getLogger("mmccd")
 
@@ -245,7 +245,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfi
 
     workers = _n_workers(cfg, len(todo))
     results: list[tuple[str, DataError | None]] = []
-    with tqdm(total=len(todo), unit="case", dynamic_ncols=True, disable=not todo, **progress_kwargs("prepare")) as bar:
+    with progress(total=len(todo), unit="case", disable=not todo, **progress_kwargs("prepare")) as bar:
         if workers == 1:
             for case in todo:
                 results.append(_prepare_and_write(case, cfg, out_dir, required))

@@ -16,6 +16,7 @@ maps back into the input grid (see prepare.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -183,6 +184,50 @@ class PreparedStore:
     def seg(self, case_id: str) -> np.ndarray | None:
         """(n, S, S) uint8 memmap (labels 0..3) or None without segmentation."""
         return self._array(case_id, "seg.npy") if (self._dir(case_id) / "seg.npy").exists() else None
+
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        """(slice, row, column) spacing in mm of the stored slices: the original voxel spacing along the axial
+        axis, and in-plane the original spacing scaled by the crop box side / the stored size."""
+        meta = self.meta(case_id)
+        voxel = np.linalg.norm(np.asarray(meta["affine"], dtype=float)[:3, :3], axis=0)
+        axis = int(meta["axial_axis"])
+        row, col = (voxel[a] for a in range(3) if a != axis)
+        scale = float(meta["box"][2]) / float(meta["size"])
+        return float(voxel[axis]), float(row * scale), float(col * scale)
+
+    def case_fingerprint(self, case_id: str) -> str:
+        """A content fingerprint of one stored case: its meta.json and the size and first and last MiB of
+        each array (cheap: the arrays are not read in full), so a case prepared again differently differs."""
+        folder = self._dir(case_id)
+        h = hashlib.sha256((folder / "meta.json").read_bytes())
+        for name in ("images.npy", "brain.npy", "seg.npy"):
+            path = folder / name
+            if path.exists():
+                size = path.stat().st_size
+                h.update(f"{name}:{size}".encode())
+                with path.open("rb") as f:
+                    h.update(f.read(1 << 20))
+                    f.seek(max(0, size - (1 << 20)))
+                    h.update(f.read(1 << 20))
+        return h.hexdigest()[:16]
+
+    def identity(self, case_ids: Sequence[str]) -> dict[str, Any]:
+        """What a run trained on this store records of it: prepare settings and the cases it uses."""
+        return {"prepare": self.record.get("config"), "cases": {c: self.case_fingerprint(c) for c in sorted(case_ids)}}
+
+    def differences(self, identity: dict[str, Any]) -> list[str]:
+        """How this store differs from a recorded `identity` (empty: it holds the same data for those cases)."""
+        out = []
+        if identity.get("prepare") != self.record.get("config"):
+            out.append("other prepare settings")
+        missing = [c for c in identity.get("cases", {}) if not is_complete(self.root, c)]
+        if missing:
+            out.append(f"{len(missing)} of its cases missing ({', '.join(missing[:3])})")
+        changed = [c for c, fp in identity.get("cases", {}).items()
+                   if c not in missing and self.case_fingerprint(c) != fp]
+        if changed:
+            out.append(f"{len(changed)} case(s) prepared differently ({', '.join(changed[:3])})")
+        return out
 
     def splits(self) -> dict[str, Any]:
         path = self.root / SPLITS_JSON

@@ -29,16 +29,19 @@ from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, t
 from mmccd.data.store import PreparedStore
 from mmccd.errors import DataError, OutputExistsError
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
+from mmccd.evaluation.lesions import evaluate_lesions, summarise_lesions
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import postprocess_records, records_from_arrays, threshold_protocol
 from mmccd.evaluation.report import write_report
-from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run_store
+from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run_split, run_store
 from mmccd.scoring import resolve_scoring
 from mmccd.scoring.base import AnomalyMethod
 from mmccd.scoring.slices import ScoredSplit, cache_path, load_cache, save_cache, score_split
 
 log = logging.getLogger("mmccd")
 METRICS_JSON = "metrics.json"
+LESION_KEYS = ("lesion_sensitivity", "n_lesions", "n_detected", "fp_components", "hd95_mm", "pred_volume_ml",
+               "gt_volume_ml")
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def evaluation_key(run_dir: Path, cfg: ExperimentConfig, settings: ScoreConfig, 
                    splits: dict[str, tuple[PreparedStore, list[str]]]) -> EvaluationKey:
     score = {k: v for k, v in to_dict(settings).items() if k not in SPEED_ONLY_SCORE_KEYS}
     return EvaluationKey(checkpoint_digests(run_dir), score, slices, pp.describe(), to_dict(cfg.eval),
-                         {name: {"store": str(store.root.resolve()), "ids": list(ids)}
+                         {name: {"store": store.identity(ids), "ids": list(ids)}
                           for name, (store, ids) in splits.items()})
 
 
@@ -131,11 +134,11 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     settings = settings if settings is not None else resolve_scoring(cfg, "auto")
     slices = slices or cfg.eval.eval_slices
     pp = postprocess or PostProcess()
-    store = run_store(run_dir)
-    val_ids = store.splits()["val"]
+    store, split = run_store(run_dir), run_split(run_dir)
+    val_ids = list(split.val)
     t_store = PreparedStore.open(test_store) if test_store is not None else store
     if test_ids is None:
-        test_ids = t_store.splits()["test"]
+        test_ids = t_store.splits()["test"] if test_store is not None else list(split.test)
     for name, ids in (("validation", val_ids), ("test", test_ids)):
         if not ids:
             raise DataError(f"no {name} subjects in the split, so no threshold can be chosen and applied",
@@ -168,10 +171,12 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
         save_cache(path, scored[split], key.maps(split))
 
     val = postprocess_records(_records(scored["val"]), pp)
-    test = postprocess_records(_records(scored["test"]), pp)
+    raw_test = _records(scored["test"])
+    test = postprocess_records(raw_test, pp)
     pred_filter = pp.apply_mask if pp.min_component else None  # component removal acts on the binary mask
     protocol_result = threshold_protocol(val, test, n=cfg.eval.threshold_quantiles, pred_filter=pred_filter)
     choice, oracle, result = protocol_result.choice, protocol_result.oracle, protocol_result.result
+    lesions = _lesion_numbers(raw_test, t_store, choice.threshold, pp) if slices == "all" else {}
 
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
@@ -192,7 +197,7 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
         "n_val_subjects": len(val_ids), "n_test_subjects": len(test_ids),
         "test_store": str(t_store.root),
         "n_test_slices": len(test), "seconds_per_slice": scored["test"].seconds_per_slice,
-        "postprocess": pp.describe(),
+        "postprocess": pp.describe(), **lesions,
         "score_config": to_dict(settings),  # the threshold belongs to maps scored this way
         "fingerprint": key.digest, "evaluation_settings": key.as_dict(),
     }
@@ -201,9 +206,23 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
                 f"subjects, applied once to {len(test_ids)} test subjects{where} ({slices} slices). "
                 "Oracle = test-optimal threshold, for comparison with papers only.")
     info = read_run_info(run_dir)
+    for row in summary.pop("lesion_rows", []):  # lesion numbers beside each subject's Dice
+        match = next(r for r in result.per_subject if r["subject_id"] == row["subject_id"])
+        match.update({k: row[k] for k in LESION_KEYS})
     write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")})
     return Evaluation(summary, result.per_subject, choice.thresholds, choice.val_curve, protocol_result.test_curve,
                       out_dir, key.digest)
+
+
+def _lesion_numbers(records: list, store: PreparedStore, threshold: float, pp: PostProcess) -> dict[str, Any]:
+    """Whole volumes: lesion sensitivity, false-positive components and HD95 per test subject (3D connected
+    components at the validation threshold, in the stored slices' mm); the per-subject values are added to the
+    rows of `records`' evaluation by the caller through the returned "lesion_rows"."""
+    spacing = {sid: store.spacing(sid) for sid in dict.fromkeys(r.subject_id for r in records)}
+    rows = evaluate_lesions(records, threshold, spacing, postprocess=pp if pp.active else None)
+    summary = summarise_lesions(rows)
+    return {"lesion_rows": rows, **{k if "lesion" in k else f"lesion_{k}": v
+                                    for k, v in summary.items() if k != "n_subjects"}}
 
 
 def _records(split: ScoredSplit) -> list:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from mmccd.atomic import atomic_write_text
 from mmccd.checkpoints import load_checkpoint, load_state_checked
 from mmccd.config import ExperimentConfig, dump_yaml, from_dict, to_dict
 from mmccd.data.dataset import SliceDataset
+from mmccd.data.splits import Split
 from mmccd.data.store import PreparedStore
 from mmccd.distributed import barrier, dist_info
-from mmccd.errors import ConfigError, OutputExistsError
+from mmccd.errors import ConfigError, DataError, OutputExistsError
 from mmccd.provenance import run_info
 from mmccd.runtime import resolve_device, seed_everything
 from mmccd.scoring import build_method
@@ -76,13 +78,44 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+def run_split(run_dir: Path) -> Split:
+    """The subjects the run was trained on, and its validation and test subjects (run_info.json).
+
+    Runs of earlier versions recorded only their store: its splits.json then."""
+    info = read_run_info(run_dir)
+    if "split" in info:
+        return Split.from_dict(info["split"])
+    return Split.of_store(run_store(run_dir).splits())
+
+
 def run_store(run_dir: Path) -> PreparedStore:
-    """The prepared store the run was trained on (its training, validation and test subjects)."""
+    """The prepared store the run was trained on, checked to hold the same data for the run's subjects.
+
+    Looked for at the path relative to the run (a moved or copied benchmark folder keeps working), then at the
+    absolute path recorded at training; a store whose prepare settings or cases differ from what the run
+    recorded is refused, naming both stores."""
+    run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     if "prepared" not in info:
         raise ConfigError(f"{run_dir}/run_info.json does not name the prepared store the run was trained on: "
                           f"resume the run (`mmccd train ... --out {run_dir} --resume`) to write it again")
-    return PreparedStore.open(Path(info["prepared"]))
+    candidates = [run_dir / info["prepared_relative"]] if info.get("prepared_relative") else []
+    candidates.append(Path(info["prepared"]))
+    identity = info.get("store")
+    problems = []
+    for path in dict.fromkeys(candidates):  # the relative one first
+        if not (path / "prepare.json").exists():
+            problems.append(f"{path}: not there")
+            continue
+        store = PreparedStore.open(path)
+        differ = store.differences(identity) if identity else []
+        if not differ:
+            return store
+        problems.append(f"{path.resolve()}: {'; '.join(differ)}")
+    raise DataError(f"the prepared store run {run_dir} was trained on is not found: " + " · ".join(problems),
+                    fix="evaluating on another store would choose thresholds on other subjects (maybe the run's "
+                        "own training subjects); restore the store (or move the run together with it), or train "
+                        "the run again on the store you have")
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
@@ -109,9 +142,11 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
 
 
 def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool = False,
-              resume: bool = False, reuse_backward_from: Path | None = None) -> AnomalyMethod:
+              resume: bool = False, reuse_backward_from: Path | None = None,
+              split: Split | None = None) -> AnomalyMethod:
     """Train every network of `cfg.method` on the healthy slices of the training subjects.
 
+    split: the subjects (default: the store's splits.json); a fold of a cross-validation, for one.
     `reuse_backward_from`: a run whose trained `backward` network (target -> source UNet) is
     identical in role and config, e.g. Cyclic UNet's for MMCCD; its checkpoint is copied."""
     store = PreparedStore.open(prepared)
@@ -131,10 +166,16 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.device)
     method = build_method(cfg)
-    splits = store.splits()
-    train_ids = splits["train"]
-    info = read_run_info(run_dir) | {"prepared": str(Path(prepared).resolve()), "train_subjects": train_ids,
-                                     "device": str(device), **run_info()}
+    split = split or Split.of_store(store.splits())
+    if resume and "split" in read_run_info(run_dir) and run_split(run_dir) != split:
+        raise OutputExistsError(f"{run_dir} was trained on other subjects ({run_split(run_dir).name}); --resume "
+                                "needs the same split, or pass --overwrite to start again")
+    train_ids = list(split.train)
+    info = read_run_info(run_dir) | {
+        "prepared": str(Path(prepared).resolve()),
+        "prepared_relative": os.path.relpath(Path(prepared).resolve(), run_dir.resolve()),
+        "store": store.identity([*split.train, *split.val, *split.test]),
+        "split": split.as_dict(), "train_subjects": train_ids, "device": str(device), **run_info()}
     losses = method.losses()
     dataset = SliceDataset(store, train_ids, cfg.source, cfg.target, slices="train")
     info["train_slices"] = len(dataset)

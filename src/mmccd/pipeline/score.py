@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmccd.atomic import atomic_write_text
 from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, to_dict
@@ -27,6 +26,7 @@ from mmccd.distributed import dist_info, gather_objects, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError, OutputExistsError
 from mmccd.evaluation.figures import montage
 from mmccd.pipeline.runs import load_method
+from mmccd.progress import progress
 from mmccd.provenance import run_info
 from mmccd.scoring import resolve_scoring
 from mmccd.scoring.volume import score_case
@@ -168,7 +168,7 @@ def _rank_cases(cases: list[Case]) -> Iterable[Case]:
     """This rank's cases `cases[rank::world]`, with a progress bar labelled by rank; all cases in one process."""
     if dist_info()[1] == 1:
         return cases
-    return tqdm(shard(cases), unit="case", dynamic_ncols=True, **progress_kwargs("score"))
+    return progress(shard(cases), unit="case", **progress_kwargs("score"))
 
 
 def _merge_ranks(summary: ScoreSummary) -> ScoreSummary:

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from mmccd.atomic import atomic_write_bytes
 from mmccd.config import ScoreConfig
 from mmccd.data.batch import SliceBatch, collate_slices
 from mmccd.data.dataset import SliceDataset
 from mmccd.data.store import PreparedStore
+from mmccd.progress import progress as progress_bar
 from mmccd.scoring.base import AnomalyMethod, ScoreOutput
 
 SPLIT_BATCH = 8  # slices per scoring call for an evaluation split
@@ -36,7 +36,7 @@ def score_batches(method: AnomalyMethod, settings: ScoreConfig, batches: Iterabl
     """Score `batches` in order on the method's device with one generator for all of them (settings.seed)."""
     device = method.device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    for batch in tqdm(batches, desc=desc, unit="batch", total=total, dynamic_ncols=True, disable=not progress,
+    for batch in progress_bar(batches, desc=desc, unit="batch", total=total, disable=not progress,
                       leave=leave):
         batch = batch.to(device)
         yield batch, method.score(batch, settings, generator)

@@ -1,0 +1,188 @@
+"""What a benchmark will do: the runs (method x contrast pair x fold x seed), their folders, their order,
+and an estimate of the training time measured on this machine before anything starts.
+
+    runs/<method>_<src>-<tgt>/                      the store's own split (no --folds)
+    runs/fold-<k>/<method>_<src>-<tgt>/             fold k of --folds K
+    runs/fold-0/seed-<s>/<method>_<src>-<tgt>/      --seeds: the same run of fold 0 with training seed s
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmccd.checkpoints import load_checkpoint
+from mmccd.config import METHODS, MODALITIES, ExperimentConfig, load_config
+from mmccd.data.batch import SliceBatch
+from mmccd.data.splits import Split
+from mmccd.errors import ConfigError
+from mmccd.scoring import build_method, method_class
+
+DEFAULT_METHODS = ("cyclic-unet", "mmccd", "threshold")
+DEFAULT_PAIRS = ("flair:t2",)
+
+
+def parse_pair(text: str, default_methods: Sequence[str] = DEFAULT_METHODS) -> tuple[str, str, tuple[str, ...]]:
+    """'flair:t2' -> ('flair', 't2', default_methods); 't2:flair=mmccd,dae' -> ('t2', 'flair', ('mmccd', 'dae')).
+
+    source: the input at inference; target: the contrast it is translated to (training needs both)."""
+    pair, _, chosen = text.strip().partition("=")
+    parts = pair.lower().split(":")
+    if len(parts) != 2 or any(p not in MODALITIES for p in parts) or parts[0] == parts[1]:
+        raise ConfigError(f"contrast pair '{text}': expected SOURCE:TARGET with two different contrasts of "
+                          f"{', '.join(MODALITIES)}, e.g. flair:t2 (or flair:t2=mmccd,dae for some methods only)")
+    methods = tuple(m.strip() for m in chosen.split(",") if m.strip()) if chosen else tuple(default_methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"contrast pair '{text}': unknown method(s) {', '.join(unknown) or '(none)'}; "
+                          f"known: {', '.join(METHODS)}")
+    return parts[0], parts[1], tuple(dict.fromkeys(methods))
+
+
+def run_name(method: str, source: str, target: str) -> str:
+    return f"{method}_{source}-{target}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the benchmark: a method on a contrast pair, trained on one split with one seed."""
+
+    method: str
+    source: str
+    target: str
+    fold: int | None  # None: the store's own split (splits.json)
+    seed: int  # train.seed
+    split: Split
+    run: Path
+    reuse: Path | None  # the run whose shared network this one copies (it is trained first)
+    cfg: ExperimentConfig
+
+    @property
+    def pair(self) -> str:
+        return f"{self.source}:{self.target}"
+
+    @property
+    def label(self) -> str:
+        where = "" if self.fold is None else f" fold {self.fold}"
+        return f"{self.method} {self.source}->{self.target}{where}" + (f" seed {self.seed}" if self.seed else "")
+
+
+def _folder(runs: Path, fold: int | None, seed: int, main_seed: int) -> Path:
+    base = runs if fold is None else runs / f"fold-{fold}"
+    return base if seed == main_seed else base / f"seed-{seed}"
+
+
+def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tuple[str, ...]]],
+              splits: Sequence[Split], cv: bool, seeds: Sequence[int] = (),
+              seed_methods: Sequence[str] = ()) -> list[RunSpec]:
+    """Every run, providers of shared networks before the runs that reuse them (Cyclic UNet before MMCCD).
+
+    The seed study (`seeds`) is run on the first pair's fold 0 (or its single split) only."""
+    specs: list[RunSpec] = []
+    for p, (source, target, methods) in enumerate(pairs):
+        ordered = sorted(methods, key=lambda m: not provides_to(m, methods))
+        for k, split in enumerate(splits):
+            fold = k if cv else None
+            base = load_config(preset, {"method": ordered[0], "source": source, "target": target})
+            main_seed = base.train.seed
+            runs_seeds = [(m, main_seed) for m in ordered]
+            if k == 0 and p == 0:  # the seed study: the first pair's fold 0 only
+                runs_seeds += [(m, s) for s in seeds if s != main_seed for m in ordered if m in seed_methods]
+            for method, seed in runs_seeds:
+                cfg = load_config(preset, {"method": method, "source": source, "target": target,
+                                           "train": {"seed": seed}})
+                folder = _folder(out / "runs", fold, seed, main_seed)
+                shared = [m for m in method_class(method).shared_networks.values() if m in methods]
+                reuse = folder / run_name(shared[0], source, target) if shared else None
+                specs.append(RunSpec(method, source, target, fold, seed, split,
+                                     folder / run_name(method, source, target), reuse, cfg))
+    return specs
+
+
+def provides_to(method: str, methods: Sequence[str]) -> bool:
+    """True when another of `methods` reuses a network of `method` (so it is trained first)."""
+    return any(method in method_class(m).shared_networks.values() for m in methods)
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+@dataclass
+class TrainingEstimate:
+    networks: int  # networks still to train
+    steps: int  # their remaining steps
+    core_seconds: float  # measured seconds per step x remaining steps, one process each
+    seconds_per_step: dict[str, float]  # per network kind
+    jobs: int
+
+    def describe(self) -> str:
+        hours = self.core_seconds / 3600
+        per = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(self.seconds_per_step.items()))
+        return (f"{self.networks} network(s) to train, {self.steps:,} steps in all; measured seconds per step here: "
+                f"{per or 'none needed'}; about {hours:.1f} h of one process, {hours / max(1, self.jobs):.1f} h "
+                f"with {self.jobs} job(s) in parallel (training only; scoring adds to it)")
+
+
+def remaining_networks(spec: RunSpec) -> list[tuple[str, int]]:
+    """(network name, steps left) of the networks of `spec` that are not finished (a reused one counts once:
+    in the run that provides it)."""
+    method = build_method(spec.cfg)
+    shared = set(method_class(spec.method).shared_networks) if spec.reuse is not None else set()
+    out = []
+    for name in method.losses():
+        if name in shared:
+            continue
+        path = spec.run / "checkpoints" / f"{name}.pt"
+        step = int(load_checkpoint(path).get("step", 0)) if path.exists() else 0
+        if step < spec.cfg.train.iterations:
+            out.append((name, spec.cfg.train.iterations - step))
+    return out
+
+
+def measure_step_seconds(cfg: ExperimentConfig, net_name: str, steps: int = 3, threads: int = 1) -> float:
+    """Median seconds of one training step (forward, backward, AdamW) of one network on random slices."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        method = build_method(dataclasses.replace(cfg, device="cpu"))
+        net, loss_fn = method.nets[net_name].train(), method.losses()[net_name]
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(0)
+        size, b = cfg.prepare.size, cfg.train.batch_size
+        x = torch.rand(b, 1, size, size, generator=g) * 2 - 1
+        batch = SliceBatch(source=x, target=-x, brain_mask=torch.ones_like(x, dtype=torch.bool),
+                           subject_id=["estimate"] * b, slice_index=torch.arange(b))
+        times = []
+        for _ in range(steps + 1):  # the first step warms up the allocator
+            t = time.perf_counter()
+            loss = loss_fn(net, batch, g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        return sorted(times[1:])[len(times[1:]) // 2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def estimate_training(specs: Sequence[RunSpec], jobs: int, threads: int = 1) -> TrainingEstimate:
+    """Networks left to train x seconds per step measured now (one per network kind, a few steps each)."""
+    measured: dict[str, float] = {}
+    networks = steps = 0
+    core = 0.0
+    for spec in specs:
+        for name, left in remaining_networks(spec):
+            kind = f"{spec.method}.{name}"
+            if kind not in measured:
+                measured[kind] = measure_step_seconds(spec.cfg, name, threads=threads)
+            networks, steps, core = networks + 1, steps + left, core + left * measured[kind]
+    return TrainingEstimate(networks, steps, core, measured, jobs)
+
+
+__all__ = ["DEFAULT_METHODS", "DEFAULT_PAIRS", "RunSpec", "TrainingEstimate", "estimate_training", "parse_pair",
+           "plan_runs", "provides_to", "remaining_networks", "run_name"]

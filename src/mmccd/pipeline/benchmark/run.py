@@ -1,0 +1,220 @@
+"""`mmccd benchmark`: every method on every contrast pair, trained and evaluated under one protocol.
+
+    OUT/
+      prepared/                       the training data's store; splits.json and (--folds K) folds.json, written once
+      prepared-test/                  with --test-data: every case with a segmentation is a test subject
+      runs/[fold-<k>/[seed-<s>/]]<method>_<source>-<target>/   one run per method, pair, fold (and seed), holding:
+        eval-max_tumour/              the reference protocol: each test subject's max-tumour slice
+        eval-all/                     whole volumes: every slice with brain; threshold on validation volumes
+        eval-<slices>-field/          the same with the field's post-processing (--postprocess field)
+        eval-test-data-<slices>/      the same on --test-data (threshold from the run's own validation subjects)
+      results.md  results.csv  results.json  report.html  figures/     (report.py)
+
+Without --folds every run uses the store's split (splits.json); with --folds K, run k is trained on fold k's
+training subjects, chooses its threshold on fold k's validation subjects and is tested on fold k's test
+subjects: every subject is tested once. It resumes where it stopped: prepared cases are reused; a run
+whose networks are all finished is not trained again; maps are cached in RUN/maps/; an evaluation whose
+inputs are unchanged (the fingerprint in eval-*/metrics.json) is read back, not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmccd.atomic import atomic_write_text
+from mmccd.config import MODALITIES, PrepareConfig, load_config, to_dict
+from mmccd.data.prepare import PrepareSummary, prepare_dataset
+from mmccd.data.splits import FOLDS_JSON, Split, load_or_create_folds
+from mmccd.data.store import PREPARE_JSON, SPLITS_JSON, PreparedStore
+from mmccd.errors import ConfigError, DataError, OutputExistsError
+from mmccd.evaluation.postprocess import PostProcess
+from mmccd.pipeline.benchmark.jobs import EvalPlan, TestSet, evaluate_spec, run_all
+from mmccd.pipeline.benchmark.plan import (
+    DEFAULT_METHODS,
+    DEFAULT_PAIRS,
+    estimate_training,
+    parse_pair,
+    plan_runs,
+)
+from mmccd.pipeline.benchmark.report import describe_scoring, write_results
+from mmccd.pipeline.benchmark.results import make_entries, seed_study
+from mmccd.provenance import code_version
+from mmccd.scoring import resolve_scoring
+
+log = logging.getLogger("mmccd")
+
+PROTOCOLS = ("max_tumour", "all")  # per max-tumour slice (reference), per whole volume
+INTERNAL, EXTERNAL = "held-out test split", "test-data"
+NO_POSTPROCESS = PostProcess()
+SEED_METHODS = ("mmccd", "cyclic-unet", "dae")
+
+
+def benchmark_command(data: Path, out: Path, preset: str | Path, methods: Sequence[str], pairs: Sequence[str],
+                      test_data: Path | None, postprocess: PostProcess, protocols: Sequence[str],
+                      scoring: str = "auto", folds: int | None = None, profiles: Sequence[str] = (),
+                      seeds: Sequence[int] = (), jobs: int = 1, test_layout: Path | None = None) -> str:
+    """The `mmccd benchmark` command line that reproduces these results (written into results.md)."""
+    parts = ["mmccd", "benchmark", "--data", str(data), "--preset", str(preset), "--out", str(out),
+             "--methods", *methods, "--pairs", *pairs]
+    if folds:
+        parts += ["--folds", str(folds)]
+    if test_data is not None:
+        parts += ["--test-data", str(test_data)] + (["--test-layout", str(test_layout)] if test_layout else [])
+    for flag, value in (("--erode", postprocess.erode), ("--median", postprocess.median),
+                        ("--min-component", postprocess.min_component)):
+        if value:
+            parts += [flag, str(value)]
+    if profiles:
+        parts += ["--postprocess", *profiles]
+    if tuple(protocols) != PROTOCOLS:
+        parts += ["--protocols", *protocols]
+    if scoring != "auto":
+        parts += ["--scoring", str(scoring)]
+    if seeds:
+        parts += ["--seeds", *map(str, seeds)]
+    if jobs != 1:
+        parts += ["--jobs", str(jobs)]
+    return shlex.join(parts)
+
+
+def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
+                  methods: Sequence[str] = DEFAULT_METHODS, pairs: Sequence[str] = DEFAULT_PAIRS,
+                  test_data: str | Path | None = None, postprocess: PostProcess = NO_POSTPROCESS,
+                  overwrite: bool = False, protocols: Sequence[str] = PROTOCOLS,
+                  device: str | None = None, scoring: str = "auto", folds: int | None = None,
+                  profiles: Sequence[str] = (), seeds: Sequence[int] = (), jobs: int = 1,
+                  test_layout: str | Path | None = None, estimate_only: bool = False) -> list[dict[str, Any]]:
+    """Prepare (or reuse), train (or reuse), evaluate every method on every pair; write the results in `out`.
+
+    pairs:     "source:target" contrast pairs, e.g. ("flair:t2", "t1:t2"); "t2:flair=mmccd,dae" restricts a pair
+               to some of `methods`' ... methods (any methods, in fact)
+    folds:     K for subject-level K-fold cross-validation (folds.json); None: the store's split
+    test_data: a second folder of cases (`test_layout`: its file layout); every case with a segmentation is
+               also evaluated as test, with the threshold chosen on the run's own validation subjects
+    protocols: "max_tumour" (one slice per subject, the reference) and/or "all" (whole volumes)
+    profiles:  named post-processing profiles (e.g. "field") reported beside the raw numbers of every row
+    seeds:     extra training seeds for fold 0 (or the single split) of mmccd, cyclic-unet and dae: training noise
+    jobs:      runs trained and evaluated in parallel processes (each with cores / jobs torch threads)
+    device:    for scoring only (training uses the preset's, so runs stay resumable)
+    scoring:   "auto" (each method's default: `fast` for MMCCD), "run" (each run's own), or a preset
+    Returns one entry per method, pair, test set and post-processing (the rows of results.json)."""
+    t0 = time.perf_counter()
+    version = code_version()  # the code this call runs (the files may change while it does)
+    data, out = Path(data), Path(out)
+    test_data = Path(test_data) if test_data is not None else None
+    methods = list(dict.fromkeys(methods))
+    pair_specs = [parse_pair(p, methods) for p in pairs]
+    if len({(s, t) for s, t, _ in pair_specs}) != len(pair_specs):
+        raise ConfigError(f"contrast pairs {list(pairs)}: a pair is given twice")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
+    base = load_config(preset)
+    pps = (postprocess, *(PostProcess.profile(p, base.prepare.size) for p in profiles if p != "none"))
+    for _, _, ms in pair_specs:  # an unknown method or scoring preset fails now, not after hours
+        for m in ms:
+            resolve_scoring(load_config(preset, {"method": m}), scoring)
+    _prepare_out(out, overwrite)
+
+    contrasts = sorted({c for s, t, _ in pair_specs for c in (s, t)}, key=MODALITIES.index)
+    log.info("benchmark: preparing %s -> %s", data, out / "prepared")
+    prepared = prepare_dataset(data, out / "prepared", base.prepare, required=contrasts)
+    store = PreparedStore.open(out / "prepared")
+    splits = store.splits()
+    labelled = sorted(splits["train"] + splits["val"] + splits["test"])
+    split_list = ([Split.of_store(splits)] if not folds else
+                  load_or_create_folds(out / "prepared" / FOLDS_JSON, labelled, folds, base.prepare.val_fraction,
+                                       base.prepare.split_seed))
+    specs = plan_runs(out, preset, pair_specs, split_list, cv=bool(folds), seeds=seeds, seed_methods=SEED_METHODS)
+
+    test_sets = [TestSet(INTERNAL)]
+    external: dict[str, Any] | None = None
+    if test_data is not None:
+        sources = sorted({s for s, _, _ in pair_specs}, key=MODALITIES.index)
+        ids, ext_summary = prepare_test_store(test_data, out / "prepared-test", store.config, sources,
+                                              Path(test_layout) if test_layout else None)
+        overlap = sorted(set(ids) & set(labelled))
+        if overlap:
+            log.warning("%d --test-data case(s) share an id with the benchmark's cases: %s",
+                        len(overlap), ", ".join(overlap[:5]))
+        test_sets.append(TestSet(EXTERNAL, out / "prepared-test", tuple(ids)))
+        external = {"path": str(test_data), "n_test_subjects": len(ids), "skipped": ext_summary.skipped,
+                    "overlapping_ids": overlap, "layout": str(test_layout) if test_layout else None}
+    plan = EvalPlan(tuple(protocols), pps, tuple(test_sets), scoring, device)
+
+    estimate = estimate_training(specs, jobs)
+    n_evals = len(specs) * len(protocols) * len(pps) * len(test_sets)
+    log.info("benchmark plan: %d runs (%s), %d evaluations; %s", len(specs),
+             f"{folds} folds" if folds else "the store's split", n_evals, estimate.describe())
+    if estimate_only:
+        return []
+    run_all(out / "prepared", specs, plan, jobs=jobs)
+
+    evals = {spec: evaluate_spec(spec, plan) for spec in specs}  # all reused: read back from their folders
+    main_seed = {f"{s}:{t}": load_config(preset, {"source": s, "target": t}).train.seed for s, t, _ in pair_specs}
+    entries = make_entries(specs, evals, out, protocols, [pp.describe() for pp in pps],
+                           [t.label for t in test_sets], main_seed, describe_scoring)
+    order = {(m, f"{s}:{t}"): i for i, (s, t, ms) in enumerate(pair_specs) for m in ms}
+    rank = {(m, p): i for i, (m, p) in enumerate(sorted(order, key=lambda k: order[k]))}
+    entries.sort(key=lambda e: (order[(e["method"], e["pair"])], rank[(e["method"], e["pair"])],
+                                e["test_set"] != INTERNAL, e["postprocess"] != pps[0].describe()))
+    seeds_table = seed_study(specs, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
+    meta = {
+        "command": benchmark_command(data, out, preset, methods, list(pairs), test_data, postprocess, protocols,
+                                     scoring, folds, profiles, seeds, jobs, Path(test_layout) if test_layout else None),
+        "preset": str(preset), "scoring": scoring, "code_version": version, "config": to_dict(base),
+        "data": str(data), "protocols": list(protocols), "folds": folds,
+        "splits": [s.as_dict() for s in split_list], "split_seed": splits.get("seed"),
+        "n_prepared": len(prepared.prepared) + len(prepared.reused), "skipped": prepared.skipped,
+        "n_labelled": len(labelled),
+        "pairs": [[s, t, list(ms)] for s, t, ms in pair_specs], "methods": methods,
+        "postprocess": [pp.describe() for pp in pps], "test_data": external, "seeds": list(seeds),
+        "jobs": jobs, "estimate": estimate.describe(), "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
+    }
+    write_results(out, entries, meta, evals, seeds_table)
+    return entries
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if overwrite and out.exists() and any(out.iterdir()):
+        if not ((out / "prepared" / PREPARE_JSON).exists() or (out / "results.json").exists()):
+            raise OutputExistsError(f"{out} does not look like a benchmark folder (no prepared/{PREPARE_JSON} or "
+                                    "results.json); refusing to delete it: choose another --out")
+        log.warning("removing %s (overwrite)", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_test_store(test_data: Path, root: Path, cfg: PrepareConfig, required: Sequence[str],
+                       layout: Path | None = None) -> tuple[list[str], PrepareSummary]:
+    """Prepare `test_data` like the training data into `root`; every case with a segmentation is a test subject.
+
+    `layout`: a YAML file mapping modality (and seg) to a file pattern, for other datasets (MS lesions, stroke):
+    any lesion label other than 0 counts as anomaly. Its splits.json says so (train and val empty); it is
+    derived from the prepared cases, so rewritten each call."""
+    from mmccd.config import read_yaml
+
+    (root / SPLITS_JSON).unlink(missing_ok=True)
+    pattern = {str(k): str(v) for k, v in read_yaml(layout).items()} if layout else None
+    summary = prepare_dataset(test_data, root, cfg, required=required, layout=pattern)
+    store = PreparedStore.open(root)
+    ids = sorted(c for c in summary.prepared + summary.reused if store.meta(c)["has_seg"])
+    if not ids:
+        raise DataError("no case of --test-data has a segmentation, so none can be evaluated", file=test_data,
+                        fix="give a folder of cases with segmentations (use `mmccd score` for unlabelled scans)")
+    splits = {"train": [], "val": [], "test": ids, "seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
+              "test_fraction": cfg.test_fraction,
+              "note": "mmccd benchmark --test-data: every case with a segmentation is a test subject"}
+    atomic_write_text(root / SPLITS_JSON, json.dumps(splits, indent=2) + "\n")
+    return ids, summary
+
+
+__all__ = ["EXTERNAL", "INTERNAL", "NO_POSTPROCESS", "PROTOCOLS", "benchmark_command", "prepare_test_store",
+           "run_benchmark"]
