@@ -35,8 +35,9 @@ def page(tmp_path_factory):
     gt = np.zeros(SHAPE, bool)
     gt[17:25, 5:13, 19:27] = True
     path = tmp_path_factory.mktemp("view") / "S1_view.html"
+    t2 = np.where(head, 900 - image, 0).astype(np.int16)
     return write_case_view(path, nib.Nifti1Image(image, AFFINE), amap, 0.5, amap >= 0.5, gt, "browser test",
-                           fallback_slices=6)
+                           {"T2": nib.Nifti1Image(t2, AFFINE)}, input_label="FLAIR", fallback_slices=6)
 
 
 def test_viewer_loads_draws_and_reads_the_planted_cube(page, tmp_path):
@@ -56,9 +57,10 @@ def test_viewer_loads_draws_and_reads_the_planted_cube(page, tmp_path):
     assert colours > 30 and spread > 5, (colours, spread)  # not a blank page
 
 
-def test_readout_outside_the_cube(page):
-    check = check_page(page, fragment="vox=5,30,5", browser=BROWSER, flags=NO_NETWORK, timeout_s=120)
-    assert check.state == "loaded" and not check.errors
+def test_readout_outside_the_cube_on_the_second_background(page):
+    check = check_page(page, fragment="vox=15,30,5&bg=1", browser=BROWSER, flags=NO_NETWORK, timeout_s=120)
+    assert check.state == "loaded" and not check.errors, check.errors
+    assert min(check.drawn) > 1000 and check.readout["background"] == "T2"
     assert float(check.readout["score"]) < 0.5 and check.readout["pred"] == "0" and check.readout["gt"] == "0"
 
 

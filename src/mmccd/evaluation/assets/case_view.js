@@ -2,7 +2,8 @@
  * State comes from <script id="mmccd-data"> (written by mmccd.evaluation.viewer). The page reports what
  * happened in #mmccd-status: data-state = loading | loaded | webgl-missing | error, data-errors = count,
  * data-drawn = non-black pixels per view, so a headless browser can check it from the DOM.
- * Open with #vox=i,j,k (native voxel indices of the input) to start the crosshair there. */
+ * Open with #vox=i,j,k (native voxel indices of the input) to start the crosshair there, &bg=N to start on
+ * the N-th background (0 = the input). */
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -102,6 +103,7 @@
     const bg = voxelValue(v.bg, vox);
     const el = $("readout");
     el.dataset.vox = vox.join(",");
+    el.dataset.background = v.bgLabel;
     el.dataset.mm = mm.map((x) => x.toFixed(2)).join(",");
     el.dataset.score = String(score);
     el.dataset.scoreNiivue = String(scoreNiivue);
@@ -226,6 +228,11 @@
     let startVox = data.start_vox;
     const m = /vox=(\d+),(\d+),(\d+)/.exec(window.location.hash);
     if (m) startVox = [Number(m[1]), Number(m[2]), Number(m[3])];
+    const bg = /bg=(\d+)/.exec(window.location.hash);
+    if (bg && Number(bg[1]) > 0 && Number(bg[1]) < data.backgrounds.length) {
+      $("background").value = bg[1];
+      await setBackground(Number(bg[1]));
+    }
     moveTo(rasToFrac(nativeToRas(startVox)), null);
     const drawn = views.map((v) => drawnPixels(v.nv));
     status.dataset.drawn = drawn.join(",");
