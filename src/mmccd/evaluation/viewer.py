@@ -19,7 +19,8 @@ the cursor. Everything is inside the one file, so it opens from disk (file://) w
 - the page state as JSON (``<script id="mmccd-data">``: affine, shape, threshold, ranges, volumes);
 - pre-rendered axial PNG slices with the overlay, shown with a slider when the browser has no WebGL2.
 
-A 240 x 240 x 155 BraTS case gives a page of about 8-9 MB. numpy + nibabel (+ matplotlib for the PNGs); no torch.
+Size for a 240 x 240 x 155 BraTS case: 7-9 MB (NiiVue 2.3 MB, the map 2-4 MB, the input ~2 MB, outlines and
+PNGs <1 MB), ~11 MB for a noisy map; each extra image adds ~2 MB. numpy + nibabel (+ matplotlib for the PNGs).
 """
 
 from __future__ import annotations
