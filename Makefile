@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU build of torch; install a CUDA build yourself on a GPU machine (see README).
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test env lint clean
+.PHONY: demo test env lint clean view-check
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +20,10 @@ demo: env
 
 test: env
 	$(PY) -m pytest -q
+
+# a case view of a real BraTS case in headless Chromium (apt-get install chromium); needs $MMCCD_REAL_DATA
+view-check: env
+	$(PY) benchmarks/view_check.py --out results/view-check
 
 lint: env
 	$(VENV)/bin/ruff check src tests benchmarks
