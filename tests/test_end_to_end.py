@@ -48,6 +48,9 @@ def test_train_evaluate_score(prepared, method):
     assert amap.shape == ref.shape
     assert np.allclose(amap.affine, ref.affine)
     assert (out / f"{case.name}_pred_mask.nii.gz").exists() and (out / f"{case.name}_montage.png").exists()
+    assert (out / f"{case.name}_view.html").stat().st_size > 1e6  # the page with its viewer inside
+    views = sorted((run / "views").glob("*_view.html"))  # the evaluation's worst and best test subject
+    assert views and all(v.name.split("_view")[0] in (run / "report.html").read_text() for v in views)
     # nothing written is silently overwritten
     again = score_cases(run, [case], out)
     assert again.skipped and "exists" in again.skipped[0][1]

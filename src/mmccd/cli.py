@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring", default="auto", metavar="PRESET",
                    help="score with this preset's `score` section: auto (default: fast for MMCCD runs, else the "
                         "run's), fast, reference (the published protocol, ~1000x slower), run, or a YAML file")
+    p.add_argument("--no-view", action="store_true", help="do not write <case>_view.html (the browsable case view)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs for these cases")
 
     p = sub.add_parser("benchmark", help="train and evaluate several methods under one protocol: one results table",
@@ -292,7 +293,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         with distributed_session(args.device or "auto"):
             summary = score_cases(args.run, args.case, args.out, threshold=args.threshold, device=args.device,
-                                  overwrite=args.overwrite, scoring=args.scoring)
+                                  overwrite=args.overwrite, scoring=args.scoring, view=not args.no_view)
             if not is_main():  # every rank holds the merged summary; rank 0 prints it
                 return 1 if summary.skipped and not summary.written else 0
         for case_id, files in summary.written.items():

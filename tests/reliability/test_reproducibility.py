@@ -42,7 +42,8 @@ def test_score_twice_gives_identical_maps(run_cli, runs, phantom, tmp_path, meth
     assert {k: v for k, v in used.items() if k != "score"} == {k: v for k, v in trained.items() if k != "score"}
     assert used["score"]["seed"] == trained["score"]["seed"]  # the scoring settings used (the run's or a preset's)
     assert info["cases"]["Phantom_00002"]["files"] == [
-        "Phantom_00002_anomaly.nii.gz", "Phantom_00002_pred_mask.nii.gz", "Phantom_00002_montage.png"]
+        "Phantom_00002_anomaly.nii.gz", "Phantom_00002_pred_mask.nii.gz", "Phantom_00002_montage.png",
+        "Phantom_00002_view.html"]
 
 
 def test_run_folder_records_config_code_and_packages(runs, prepared):

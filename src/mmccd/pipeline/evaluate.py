@@ -34,6 +34,7 @@ from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import postprocess_records, records_from_arrays, threshold_protocol
 from mmccd.evaluation.report import write_report
 from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run_split, run_store
+from mmccd.pipeline.views import subject_view, worst_and_best
 from mmccd.scoring import resolve_scoring
 from mmccd.scoring.base import AnomalyMethod
 from mmccd.scoring.slices import ScoredSplit, cache_path, load_cache, save_cache, score_split
@@ -117,7 +118,8 @@ def evaluation_key(run_dir: Path, cfg: ExperimentConfig, settings: ScoreConfig, 
 def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: str | None = None,
                  device: str | None = None, postprocess: PostProcess | None = None,
                  method: AnomalyMethod | None = None, out_dir: Path | None = None, test_store: Path | None = None,
-                 test_ids: list[str] | None = None, overwrite: bool = False, reuse: bool = False) -> Evaluation:
+                 test_ids: list[str] | None = None, overwrite: bool = False, reuse: bool = False,
+                 views: str = "auto") -> Evaluation:
     """Run the protocol on a trained run and write its report.
 
     settings:   how to score (`mmccd.scoring.resolve_scoring`); None: the method's default ("auto")
@@ -127,6 +129,9 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     overwrite:  replace an evaluation in `out_dir` made with other settings; without it that is an
                 OutputExistsError (the same settings are evaluated again from the cached maps)
     reuse:      return the evaluation already in `out_dir` when it was made with the same settings
+    views:      case views of the worst and best test subject in OUT/views/: "auto" (from the cached maps of the
+                whole-volume protocol, else by scoring those two volumes), "cached" (whole-volume protocol only),
+                "none"
     Maps are cached in RUN/maps/; the method is loaded only when a split must be scored."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
@@ -209,7 +214,14 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     for row in summary.pop("lesion_rows", []):  # lesion numbers beside each subject's Dice
         match = next(r for r in result.per_subject if r["subject_id"] == row["subject_id"])
         match.update({k: row[k] for k in LESION_KEYS})
-    write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")})
+    made = {}
+    if views == "auto" or (views == "cached" and slices == "all"):
+        if slices != "all":
+            method = method or load_method(run_dir, device)
+        made = _views(out_dir, t_store, scored["test"] if slices == "all" else None, result.per_subject, cfg,
+                      choice.threshold, pp, method, settings)
+    write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")},
+                 views=made)
     return Evaluation(summary, result.per_subject, choice.thresholds, choice.val_curve, protocol_result.test_curve,
                       out_dir, key.digest)
 
@@ -223,6 +235,25 @@ def _lesion_numbers(records: list, store: PreparedStore, threshold: float, pp: P
     summary = summarise_lesions(rows)
     return {"lesion_rows": rows, **{k if "lesion" in k else f"lesion_{k}": v
                                     for k, v in summary.items() if k != "n_subjects"}}
+
+
+def _views(out_dir: Path, store: PreparedStore, test: ScoredSplit | None, per_subject: list[dict[str, Any]],
+           cfg: ExperimentConfig, threshold: float, pp: PostProcess, method: AnomalyMethod | None,
+           settings: ScoreConfig) -> dict[str, str]:
+    """Case views of the worst and the best test subject: {subject: path relative to out_dir}. `test`: the
+    whole-volume protocol's scored slices (the views use them), or None to score the two volumes."""
+    made = {}
+    for sid in worst_and_best(per_subject):
+        cached = None
+        if test is not None:
+            rows = [i for i, s in enumerate(test.subject_ids) if s == sid]
+            cached = (np.asarray([test.slice_indices[i] for i in rows]), test.maps[rows])
+        dice = next(r["dice"] for r in per_subject if r["subject_id"] == sid)
+        title = f"{sid} — {cfg.method}, {cfg.source} → {cfg.target}, Dice {dice:.3f} at the validation threshold"
+        path = subject_view(out_dir / "views", store, sid, cfg.source, threshold, title, pp, cached, method, settings)
+        if path is not None:
+            made[sid] = str(path.relative_to(out_dir))
+    return made
 
 
 def _records(split: ScoredSplit) -> list:

@@ -1,6 +1,7 @@
 """`mmccd score`: anomaly maps for new cases, written on the input's voxel grid.
 
-For each case: <case>_anomaly.nii.gz (float32 map), <case>_pred_mask.nii.gz (uint8, map >= threshold)
+For each case: <case>_anomaly.nii.gz (float32 map), <case>_pred_mask.nii.gz (uint8, map >= threshold),
+<case>_view.html (the map over the scan in three planes, in any browser, offline)
 and <case>_montage.png, all on the input's exact grid (same shape and affine) so they overlay the
 input in ITK-SNAP or 3D Slicer. Only the source contrast is needed.
 
@@ -21,10 +22,11 @@ import numpy as np
 from mmccd.atomic import atomic_write_text
 from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, to_dict
 from mmccd.data.discovery import Case, case_from_path, find_cases
-from mmccd.data.io import save_nifti_like
+from mmccd.data.io import load_nifti, save_nifti_like
 from mmccd.distributed import dist_info, gather_objects, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError, OutputExistsError
 from mmccd.evaluation.figures import montage
+from mmccd.evaluation.viewer import case_view_name, write_case_view
 from mmccd.pipeline.runs import load_method
 from mmccd.progress import progress
 from mmccd.provenance import run_info
@@ -96,11 +98,12 @@ def find_threshold(run_dir: Path, settings: ScoreConfig) -> tuple[float | None, 
 
 def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: float | None = None,
                 device: str | None = None, overwrite: bool = False, on_error: str = "skip",
-                scoring: str | Path | None = "auto") -> ScoreSummary:
+                scoring: str | Path | None = "auto", view: bool = True) -> ScoreSummary:
     """Score case folders / single NIfTI files with a trained run; one bad case is reported and skipped.
 
     `scoring`: "auto" (the method's default: `fast` for MMCCD), "run" (the run's own) or a preset whose
-    `score` section is used; the threshold is the run's validation threshold for maps scored that way."""
+    `score` section is used; the threshold is the run's validation threshold for maps scored that way.
+    view: also write <case>_view.html, the map over the scan in a browser (three planes, NiiVue)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     method = load_method(run_dir, device)
     cfg = method.cfg
@@ -113,7 +116,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
     for case in _rank_cases(_expand_inputs(inputs, cfg.source)):
         try:
             outputs = [out_dir / f"{case.case_id}_anomaly.nii.gz", out_dir / f"{case.case_id}_pred_mask.nii.gz",
-                       out_dir / f"{case.case_id}_montage.png"]
+                       out_dir / f"{case.case_id}_montage.png", out_dir / case_view_name(case.case_id)]
             existing = [p for p in outputs if p.exists()]
             if existing and not overwrite:
                 raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
@@ -130,6 +133,12 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
             montage(images, result.stored_maps, outputs[2], threshold=threshold,
                     indices=None, title=f"{case.case_id}: {cfg.method} anomaly map ({cfg.source})")
             written.append(outputs[2])
+            if view:
+                gt = _ground_truth(case, result.anomaly_map.shape)
+                write_case_view(outputs[3], result.reference, result.anomaly_map, threshold, result.pred_mask, gt,
+                                f"{case.case_id}: {cfg.method} anomaly map, {cfg.source} → {cfg.target}",
+                                input_label=f"{cfg.source} (input)")
+                written.append(outputs[3])
             summary.written[case.case_id] = written
         except MmccdError as exc:
             if on_error == "stop":
@@ -140,6 +149,18 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
     if dist_info()[0] == 0 and summary.written:
         write_score_info(out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
     return summary
+
+
+def _ground_truth(case: Case, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The case's segmentation (label > 0) on its grid, for the view's second contour; None without one."""
+    if case.seg is None:
+        return None
+    try:
+        seg, _ = load_nifti(case.seg, case.case_id)
+    except DataError as exc:
+        log.warning("%s; the case view shows no ground truth", exc)
+        return None
+    return seg.reshape(shape) > 0 if seg.size == int(np.prod(shape)) else None
 
 
 def write_score_info(out_dir: Path, run_dir: Path, cfg: ExperimentConfig, settings: ScoreConfig,

@@ -54,15 +54,21 @@ def score_prepared_case(method: AnomalyMethod, settings: ScoreConfig, prepared: 
             score_batches(method, settings, chunks, desc=f"score {meta['case_id']}", progress=dist_info()[1] == 1,
                           leave=False)]
     stored = np.concatenate(maps) if maps else np.zeros((0, cfg.prepare.size, cfg.prepare.size), np.float32)
+    volume = to_original_grid(meta, batch.slice_index.numpy(), stored)
+    if brain is not None:
+        volume *= brain
+    return VolumeScore(volume, stored, prepared)
+
+
+def to_original_grid(meta: dict, slice_indices: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Maps of stored slices (n, S, S), at original axial indices `slice_indices` (n,), back on the case's
+    original voxel grid (float32, 0 on the slices not given): un-crop, un-resize, the file's own axis order."""
     volume = np.zeros(meta["original_shape"], dtype=np.float32)
     axis = meta["axial_axis"]
     in_plane = [s for a, s in enumerate(meta["original_shape"]) if a != axis]
     restored = uncrop(stored, meta["box"], tuple(in_plane))  # (n, H, W) in original in-plane order
-    positions = batch.slice_index.numpy()
-    np.moveaxis(volume, axis, 0)[positions] = restored
-    if brain is not None:
-        volume *= brain
-    return VolumeScore(volume, stored, prepared)
+    np.moveaxis(volume, axis, 0)[np.asarray(slice_indices, dtype=np.int64)] = restored
+    return volume
 
 
 def prepare_for_scoring(case: Case, method: AnomalyMethod) -> PreparedCase:
@@ -106,4 +112,4 @@ def _slice_batch(batch: SliceBatch, start: int, stop: int) -> SliceBatch:
                       subject_id=batch.subject_id[start:stop], slice_index=batch.slice_index[start:stop])
 
 
-__all__ = ["VolumeScore", "prepare_for_scoring", "score_case", "score_prepared_case"]
+__all__ = ["VolumeScore", "prepare_for_scoring", "score_case", "score_prepared_case", "to_original_grid"]
