@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erode", type=int, default=0, help="post-processing: erode the brain mask by N px (default off)")
     p.add_argument("--median", type=int, default=0, help="post-processing: median filter of size N on the map (default off)")
     p.add_argument("--min-component", type=int, default=0, help="post-processing: drop predicted components under N px (default off)")
+    p.add_argument("--test-data", type=Path, help="evaluate on this other labelled dataset instead of the run's test "
+                   "subjects (every case with a segmentation; anomaly = label > 0); the threshold is still chosen on "
+                   "the run's validation subjects")
+    p.add_argument("--layout", type=Path, help="--test-data's file layout: YAML mapping modality (and seg) to a file "
+                   "pattern, e.g. {flair: '*FLAIR*.nii*', seg: '{case}_lesions.nii.gz'}")
     p.add_argument("--out", type=Path, help="folder for metrics.json, the CSVs, figures/ and report.html (default: the run; "
                    "`mmccd score` takes its threshold from the run's metrics.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other settings")
@@ -281,12 +286,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mmccd.scoring import resolve_scoring
 
         settings = resolve_scoring(read_run_config(args.run), args.scoring)
-        evaluation = evaluate_run(args.run, settings, slices=args.slices, device=args.device,
-                                  postprocess=PostProcess(erode=args.erode, median=args.median,
-                                                          min_component=args.min_component),
-                                  out_dir=args.out, overwrite=args.overwrite)
+        pp = PostProcess(erode=args.erode, median=args.median, min_component=args.min_component)
+        if args.test_data is not None:
+            from mmccd.pipeline.evaluate import evaluate_on_test_data
+
+            evaluation = evaluate_on_test_data(args.run, args.test_data, settings, layout=args.layout,
+                                               slices=args.slices, device=args.device, postprocess=pp,
+                                               out_dir=args.out, overwrite=args.overwrite)
+        else:
+            if args.layout is not None:
+                raise MmccdError("--layout describes --test-data's files: give --test-data too")
+            evaluation = evaluate_run(args.run, settings, slices=args.slices, device=args.device, postprocess=pp,
+                                      out_dir=args.out, overwrite=args.overwrite)
         _print_summary(evaluation.summary)
-        print(f"report: {Path(args.out or args.run) / 'report.html'}")
+        print(f"report: {evaluation.folder / 'report.html'}")
         return 0
     if args.command == "score":
         from mmccd.pipeline.score import score_cases

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,16 @@ from typing import Any
 import numpy as np
 
 from mmccd.atomic import atomic_write_text
-from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, to_dict
-from mmccd.data.store import PreparedStore
+from mmccd.config import (
+    SPEED_ONLY_SCORE_KEYS,
+    ExperimentConfig,
+    PrepareConfig,
+    ScoreConfig,
+    read_yaml,
+    to_dict,
+)
+from mmccd.data.prepare import PrepareSummary, prepare_dataset
+from mmccd.data.store import SPLITS_JSON, PreparedStore
 from mmccd.errors import DataError, OutputExistsError
 from mmccd.evaluation.figures import dice_threshold_plot, figure_grid
 from mmccd.evaluation.lesions import evaluate_lesions, summarise_lesions
@@ -226,6 +235,48 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
                       out_dir, key.digest)
 
 
+def prepare_test_store(test_data: Path, root: Path, cfg: PrepareConfig, required: Sequence[str],
+                       layout: Path | None = None) -> tuple[list[str], PrepareSummary]:
+    """Prepare `test_data` like the training data into `root`; every case with a segmentation is a test subject.
+
+    `layout`: a YAML file mapping modality (and seg) to a file pattern, for other datasets (MS lesions, stroke):
+    any lesion label other than 0 counts as anomaly. Its splits.json says so (train and val empty); it is
+    derived from the prepared cases, so rewritten each call."""
+    (root / SPLITS_JSON).unlink(missing_ok=True)
+    pattern = {str(k): str(v) for k, v in read_yaml(layout).items()} if layout else None
+    summary = prepare_dataset(test_data, root, cfg, required=required, layout=pattern)
+    store = PreparedStore.open(root)
+    ids = sorted(c for c in summary.prepared + summary.reused if store.meta(c)["has_seg"])
+    if not ids:
+        raise DataError("no case of --test-data has a segmentation, so none can be evaluated", file=test_data,
+                        fix="give a folder of cases with segmentations (use `mmccd score` for unlabelled scans)")
+    splits = {"train": [], "val": [], "test": ids, "seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
+              "test_fraction": cfg.test_fraction,
+              "note": "mmccd benchmark --test-data: every case with a segmentation is a test subject"}
+    atomic_write_text(root / SPLITS_JSON, json.dumps(splits, indent=2) + "\n")
+    return ids, summary
+
+
+
+def evaluate_on_test_data(run_dir: Path, data: Path, settings: ScoreConfig | None = None, *,
+                          layout: Path | None = None, slices: str | None = None, device: str | None = None,
+                          postprocess: PostProcess | None = None, out_dir: Path | None = None,
+                          overwrite: bool = False) -> Evaluation:
+    """Evaluate a trained run on another labelled dataset (another site, another disease) in any file layout.
+
+    The cases of `data` are prepared like the run's training data into RUN/prepared-test-<name>/; every case
+    with a segmentation is a test subject (anomaly = label > 0); the threshold is still chosen on the run's
+    own validation subjects. Written to `out_dir` (default RUN/eval-test-data-<name>-<slices>/)."""
+    run_dir, data = Path(run_dir), Path(data)
+    cfg = read_run_config(run_dir)
+    slices = slices or cfg.eval.eval_slices
+    root = run_dir / f"prepared-test-{data.resolve().name}"
+    ids, _ = prepare_test_store(data, root, run_store(run_dir).config, [cfg.source], layout)
+    return evaluate_run(run_dir, settings, slices=slices, device=device, postprocess=postprocess,
+                        out_dir=out_dir or run_dir / f"eval-test-data-{data.resolve().name}-{slices}",
+                        test_store=root, test_ids=ids, overwrite=overwrite)
+
+
 def _lesion_numbers(records: list, store: PreparedStore, threshold: float, pp: PostProcess) -> dict[str, Any]:
     """Whole volumes: lesion sensitivity, false-positive components and HD95 per test subject (3D connected
     components at the validation threshold, in the stored slices' mm); the per-subject values are added to the
@@ -304,4 +355,5 @@ def _refuse_other_settings(out_dir: Path, key: EvaluationKey) -> None:
               "or --out to write this evaluation elsewhere")
 
 
-__all__ = ["Evaluation", "EvaluationKey", "checkpoint_digests", "evaluate_run", "evaluation_key"]
+__all__ = ["Evaluation", "EvaluationKey", "checkpoint_digests", "evaluate_on_test_data", "evaluate_run",
+           "evaluation_key", "prepare_test_store"]

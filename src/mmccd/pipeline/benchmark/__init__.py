@@ -8,9 +8,9 @@ from mmccd.pipeline.benchmark.run import (
     NO_POSTPROCESS,
     PROTOCOLS,
     benchmark_command,
-    prepare_test_store,
     run_benchmark,
 )
+from mmccd.pipeline.evaluate import prepare_test_store
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_PAIRS", "EXTERNAL", "INTERNAL", "NO_POSTPROCESS", "PROTOCOLS", "RunSpec",
            "benchmark_command", "parse_pair", "prepare_test_store", "run_benchmark", "run_name"]

@@ -110,8 +110,10 @@ def _worker_init(threads: int) -> None:
 
 
 def run_all(prepared: Path, specs: Sequence[RunSpec], plan: EvalPlan, jobs: int = 1, threads: int | None = None,
-            job: Callable[[Path, RunSpec, EvalPlan], str] = run_spec) -> None:
-    """Every spec's job; with jobs > 1 in a pool of processes, each run after the run it reuses a network of."""
+            job: Callable[[Path, RunSpec, EvalPlan], str] | None = None) -> None:
+    """Every spec's job (default `run_spec`); with jobs > 1 in a pool of processes, each run after the run it
+    reuses a network of."""
+    job = job or run_spec
     bar = progress(total=len(specs), desc="benchmark runs", unit="run")
     if jobs <= 1:
         for spec in specs:

@@ -19,7 +19,6 @@ inputs are unchanged (the fingerprint in eval-*/metrics.json) is read back, not 
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import shutil
@@ -28,12 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmccd.atomic import atomic_write_text
-from mmccd.config import MODALITIES, PrepareConfig, load_config, to_dict
-from mmccd.data.prepare import PrepareSummary, prepare_dataset
+from mmccd.config import MODALITIES, load_config, to_dict
+from mmccd.data.prepare import prepare_dataset
 from mmccd.data.splits import FOLDS_JSON, Split, load_or_create_folds
-from mmccd.data.store import PREPARE_JSON, SPLITS_JSON, PreparedStore
-from mmccd.errors import ConfigError, DataError, OutputExistsError
+from mmccd.data.store import PREPARE_JSON, PreparedStore
+from mmccd.errors import ConfigError, OutputExistsError
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.pipeline.benchmark.jobs import EvalPlan, TestSet, evaluate_spec, run_all
 from mmccd.pipeline.benchmark.plan import (
@@ -45,6 +43,7 @@ from mmccd.pipeline.benchmark.plan import (
 )
 from mmccd.pipeline.benchmark.report import describe_scoring, write_results
 from mmccd.pipeline.benchmark.results import make_entries, seed_study
+from mmccd.pipeline.evaluate import prepare_test_store
 from mmccd.provenance import code_version
 from mmccd.scoring import resolve_scoring
 
@@ -190,30 +189,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         log.warning("removing %s (overwrite)", out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-
-
-def prepare_test_store(test_data: Path, root: Path, cfg: PrepareConfig, required: Sequence[str],
-                       layout: Path | None = None) -> tuple[list[str], PrepareSummary]:
-    """Prepare `test_data` like the training data into `root`; every case with a segmentation is a test subject.
-
-    `layout`: a YAML file mapping modality (and seg) to a file pattern, for other datasets (MS lesions, stroke):
-    any lesion label other than 0 counts as anomaly. Its splits.json says so (train and val empty); it is
-    derived from the prepared cases, so rewritten each call."""
-    from mmccd.config import read_yaml
-
-    (root / SPLITS_JSON).unlink(missing_ok=True)
-    pattern = {str(k): str(v) for k, v in read_yaml(layout).items()} if layout else None
-    summary = prepare_dataset(test_data, root, cfg, required=required, layout=pattern)
-    store = PreparedStore.open(root)
-    ids = sorted(c for c in summary.prepared + summary.reused if store.meta(c)["has_seg"])
-    if not ids:
-        raise DataError("no case of --test-data has a segmentation, so none can be evaluated", file=test_data,
-                        fix="give a folder of cases with segmentations (use `mmccd score` for unlabelled scans)")
-    splits = {"train": [], "val": [], "test": ids, "seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
-              "test_fraction": cfg.test_fraction,
-              "note": "mmccd benchmark --test-data: every case with a segmentation is a test subject"}
-    atomic_write_text(root / SPLITS_JSON, json.dumps(splits, indent=2) + "\n")
-    return ids, summary
 
 
 __all__ = ["EXTERNAL", "INTERNAL", "NO_POSTPROCESS", "PROTOCOLS", "benchmark_command", "prepare_test_store",
