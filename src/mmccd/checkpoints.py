@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmccd.atomic import atomic_write
+from mmccd.atomic import atomic_stream
 from mmccd.config import ExperimentConfig, to_dict
 from mmccd.errors import CheckpointError
 from mmccd.provenance import code_version
@@ -25,9 +25,21 @@ _FORMAT = re.compile(r"mmccd-checkpoint-v(\d+)$")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary name and rename: a killed process never leaves a truncated file."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temporary name and rename: a killed process never leaves a truncated file, and a full
+    disk is a DiskFullError with the checkpoint's size (written through a Python stream, which keeps the errno)."""
+    with atomic_stream(path, _tensor_bytes(obj)) as stream:
+        torch.save(obj, stream)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict / list: about the size of its checkpoint."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_checkpoint(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,

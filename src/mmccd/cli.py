@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the environment, not the data: permissions, full disk, a vanished mount
         if args.debug:
             raise
+        from mmccd.atomic import disk_full_error, is_disk_full
+
+        if is_disk_full(exc):  # a write outside the atomic helpers (a folder, a log): the same one line
+            print(f"mmccd {args.command}: error: {disk_full_error(exc.filename)}", file=sys.stderr)
+            return 2
         where = f": {exc.filename}" if exc.filename else ""
         print(f"mmccd {args.command}: error: {exc.strerror or exc}{where}; check the path, its permissions and the "
               "free disk space (--debug shows the traceback)", file=sys.stderr)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mmccd.atomic import atomic_write_text, disk_full_as_error
 from mmccd.checkpoints import load_checkpoint, load_state_checked, save_checkpoint
 from mmccd.config import ExperimentConfig, TrainConfig
 from mmccd.data.batch import SliceBatch, collate_slices
@@ -291,10 +292,11 @@ class _Logger:
     def __init__(self, log_dir: Path, name: str, resume_step: int = 0):
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"{name}.csv"
-        if path.exists():  # drop rows past the checkpoint we resume from: they are trained again
+        self.path = path
+        if path.exists():  # drop rows past the checkpoint we resume from (trained again) and a row a full disk cut
             lines = path.read_text().splitlines(keepends=True)
-            kept = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= resume_step]
-            path.write_text("".join(kept))
+            kept = lines[:1] + [ln for ln in lines[1:] if ln.endswith("\n") and ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= resume_step]
+            atomic_write_text(path, "".join(kept))
         new = not path.exists()
         self.file = path.open("a", newline="")
         self.csv = csv.writer(self.file)
@@ -308,8 +310,9 @@ class _Logger:
             self.tb = None
 
     def write(self, step: int, loss: float, smoothed: float, lr: float, seconds: float, wait: float) -> None:
-        self.csv.writerow([step, f"{loss:.6g}", f"{smoothed:.6g}", lr, f"{seconds:.1f}", f"{wait:.4f}"])
-        self.file.flush()
+        with disk_full_as_error(self.path):  # appended, so not atomic: a full disk still names the file
+            self.csv.writerow([step, f"{loss:.6g}", f"{smoothed:.6g}", lr, f"{seconds:.1f}", f"{wait:.4f}"])
+            self.file.flush()
         if self.tb:
             self.tb.add_scalar("loss", loss, step)
 

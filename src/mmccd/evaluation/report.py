@@ -193,11 +193,12 @@ def write_report(run_dir: str | Path, result: EvalResult, extra: Mapping[str, An
                "notes": result.notes, "per_slice_csv": per_slice_csv_name}
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     title = f"mmccd evaluation — {extra['method']}" if "method" in extra else "mmccd evaluation"
-    return {
-        "metrics": atomic_write_text(run_dir / "metrics.json",
-                                     json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n"),
+    paths = {
         "per_slice": atomic_write_text(run_dir / per_slice_csv_name, _csv_text(result.per_slice)),
         "per_subject": atomic_write_text(run_dir / "per_subject.csv", _csv_text(result.per_subject)),
         "report": atomic_write_text(run_dir / "report.html", render_html(result, extra, figures, title, views=views,
                                                                          protocol=protocol)),
     }
+    # metrics.json last: its presence marks a complete evaluation (one that stopped on a full disk is redone)
+    metrics_path = atomic_write_text(run_dir / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    return {"metrics": metrics_path, **paths}
