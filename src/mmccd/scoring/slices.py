@@ -23,6 +23,7 @@ from mmccd.config import ScoreConfig
 from mmccd.data.batch import SliceBatch, collate_slices
 from mmccd.data.dataset import SliceDataset
 from mmccd.data.store import PreparedStore
+from mmccd.memory import score_batch
 from mmccd.progress import progress as progress_bar
 from mmccd.scoring.base import AnomalyMethod, ScoreOutput
 
@@ -39,7 +40,7 @@ def score_batches(method: AnomalyMethod, settings: ScoreConfig, batches: Iterabl
     for batch in progress_bar(batches, desc=desc, unit="batch", total=total, disable=not progress,
                       leave=leave):
         batch = batch.to(device)
-        yield batch, method.score(batch, settings, generator)
+        yield batch, score_batch(method, batch, settings, generator)  # out of memory: names the settings to lower
 
 
 @dataclass
