@@ -22,7 +22,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -59,6 +58,7 @@ from mmccd.data.store import (
 from mmccd.data.validation import check_cases, validate_loaded
 from mmccd.distributed import barrier, gather_objects, is_main, local_world_size, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError
+from mmccd.locks import clear, contents, holds_folder_lock
 from mmccd.progress import progress
 
 log = logging.getLogger("mmccd")
@@ -197,13 +197,13 @@ def _check_out_dir(out_dir: Path, cfg: PrepareConfig, overwrite: bool) -> None:
     """Refuse a folder prepared with another config (unless overwrite) or a non-store folder."""
     record = read_prepare_json(out_dir) if out_dir.is_dir() else None
     if record is None:
-        if out_dir.is_dir() and any(out_dir.iterdir()):
+        if out_dir.is_dir() and contents(out_dir):
             raise DataError("the output folder is not empty and not a prepared folder", file=out_dir,
                             fix="choose a new or empty --out folder")
         return
     if overwrite:
         log.warning("removing the prepared folder %s (overwrite)", out_dir)
-        shutil.rmtree(out_dir)
+        clear(out_dir)  # its lock stays: this process holds it
         return
     old = record.get("config") or {}
     diff = {k: (old.get(k), v) for k, v in to_dict(cfg).items() if k not in RESUME_IGNORES and old.get(k) != v}
@@ -214,6 +214,7 @@ def _check_out_dir(out_dir: Path, cfg: PrepareConfig, overwrite: bool) -> None:
                         fix="use another --out folder, the same settings, or --overwrite to prepare again")
 
 
+@holds_folder_lock("out_dir", "prepare")  # one writer per prepared folder (locks.py)
 def prepare_dataset(data_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig,
                     layout: dict[str, str] | None = None, on_error: str = "skip", overwrite: bool = False,
                     required: Sequence[str] | None = None) -> PrepareSummary:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from mmccd.atomic import atomic_write_text
+from mmccd.atomic import atomic_write, atomic_write_text
 from mmccd.checkpoints import load_checkpoint, load_state_checked
 from mmccd.config import ExperimentConfig, dump_yaml, from_dict, to_dict
 from mmccd.data.dataset import SliceDataset
@@ -27,6 +27,8 @@ from mmccd.data.splits import Split
 from mmccd.data.store import PreparedStore
 from mmccd.distributed import barrier, dist_info
 from mmccd.errors import ConfigError, DataError, OutputExistsError
+from mmccd.locks import clear, contents, holds_folder_lock
+from mmccd.memory import explain_training_failure
 from mmccd.provenance import run_info
 from mmccd.runtime import resolve_device, seed_everything
 from mmccd.scoring import build_method
@@ -39,17 +41,17 @@ log = logging.getLogger("mmccd")
 def prepare_output_dir(out: Path, *, overwrite: bool, resume: bool, marker: str) -> None:
     """Refuse to write into a folder that already holds results, unless asked to overwrite or resume."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and contents(out):
         if overwrite:
             if not (out / marker).exists() and not resume:
                 raise OutputExistsError(
                     f"{out} is not empty and does not look like an mmccd output ({marker} missing); "
                     "refusing to delete it: choose another --out")
             if not resume:
-                shutil.rmtree(out)
+                clear(out)  # its lock stays: the caller holds it
         elif not resume:
             raise OutputExistsError(
-                f"{out} already holds results ({', '.join(sorted(p.name for p in out.iterdir())[:5])}); "
+                f"{out} already holds results ({', '.join(sorted(p.name for p in contents(out))[:5])}); "
                 "pass --resume to continue it, --overwrite to replace it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -141,6 +143,7 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
             if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_CHANGE)]
 
 
+@holds_folder_lock("run_dir", "train")  # one writer per run folder (locks.py)
 def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool = False,
               resume: bool = False, reuse_backward_from: Path | None = None,
               split: Split | None = None) -> AnomalyMethod:
@@ -188,7 +191,8 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
             if rank == 0 and not ckpt.exists():
                 _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt", ckpt, cfg)
             barrier()  # the other ranks see the copied checkpoint
-        result = train_network(method.nets[name], loss_fn, dataset, cfg, ckpt, name, device, log_dir=run_dir / "logs")
+        with explain_training_failure(cfg, device, ckpt, name):  # out of memory / disk full: what to lower, where to resume
+            result = train_network(method.nets[name], loss_fn, dataset, cfg, ckpt, name, device, log_dir=run_dir / "logs")
         if result.trained_now or name not in times:
             times[name] = round(result.seconds, 1)
             info.setdefault("data_wait_fraction", {})[name] = round(result.data_wait_fraction, 4)
@@ -204,8 +208,8 @@ def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> 
     same = (other.network == cfg.network and other.train == cfg.train and other.prepare == cfg.prepare
             and (other.source, other.target) == (cfg.source, cfg.target))
     if same:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
+            shutil.copyfile(src, tmp)
         log.info("reusing the backward network trained in %s", src.parent.parent)
 
 

@@ -16,10 +16,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
-from mmccd.atomic import atomic_write_text
+from mmccd.atomic import DiskFullError, atomic_write_text
 from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, to_dict
 from mmccd.data.discovery import Case, case_from_path, find_cases
 from mmccd.data.io import load_nifti, save_nifti_like
@@ -27,6 +28,8 @@ from mmccd.distributed import dist_info, gather_objects, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError, OutputExistsError
 from mmccd.evaluation.figures import montage
 from mmccd.evaluation.viewer import case_view_name, write_case_view
+from mmccd.locks import holds_folder_lock
+from mmccd.memory import OutOfMemoryError
 from mmccd.pipeline.runs import load_method
 from mmccd.progress import progress
 from mmccd.provenance import run_info
@@ -96,6 +99,7 @@ def find_threshold(run_dir: Path, settings: ScoreConfig) -> tuple[float | None, 
     return None, None
 
 
+@holds_folder_lock("out_dir", "score")  # one writer per output folder (locks.py)
 def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: float | None = None,
                 device: str | None = None, overwrite: bool = False, on_error: str = "skip",
                 scoring: str | Path | None = "auto", view: bool = True) -> ScoreSummary:
@@ -114,6 +118,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ScoreSummary()
     for case in _rank_cases(_expand_inputs(inputs, cfg.source)):
+        writing = False  # from a case's first file on, a failure removes the files of that case: all or none
         try:
             outputs = [out_dir / f"{case.case_id}_anomaly.nii.gz", out_dir / f"{case.case_id}_pred_mask.nii.gz",
                        out_dir / f"{case.case_id}_montage.png", out_dir / case_view_name(case.case_id)]
@@ -121,6 +126,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
             if existing and not overwrite:
                 raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
             result = score_case(method, settings, case, threshold)
+            writing = True
             written = [outputs[0]]
             save_nifti_like(result.anomaly_map, result.reference, outputs[0])
             if result.pred_mask is not None:
@@ -141,14 +147,43 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
                 written.append(outputs[3])
             summary.written[case.case_id] = written
         except MmccdError as exc:
-            if on_error == "stop":
-                raise
+            if writing:
+                _discard(outputs)
+            if on_error == "stop" or isinstance(exc, (DiskFullError, OutOfMemoryError)):  # the next cases would fail too
+                _stop(exc, out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
             log.error("%s", exc)
             summary.skipped.append((case.case_id, str(exc)))
+        except BaseException:  # Ctrl-C, a bug: no case is left half-written either
+            if writing:
+                _discard(outputs)
+            raise
     summary = _merge_ranks(summary)
     if dist_info()[0] == 0 and summary.written:
         write_score_info(out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
     return summary
+
+
+def _discard(outputs: list[Path]) -> None:
+    for path in outputs:
+        path.unlink(missing_ok=True)
+
+
+def _stop(exc: MmccdError, out_dir: Path, run_dir: Path, cfg: ExperimentConfig, settings: ScoreConfig,
+          threshold: float | None, threshold_from: str | None, summary: ScoreSummary) -> NoReturn:
+    """Stop scoring at `exc`: the cases finished before it are recorded in score_info.json (one process); a full
+    disk or memory says which they are."""
+    if not summary.written:
+        raise exc
+    if dist_info()[1] == 1:
+        try:
+            write_score_info(out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
+        except MmccdError as again:  # the disk is still full: the error above says what to do
+            log.warning("%s", again)
+    if not isinstance(exc, (DiskFullError, OutOfMemoryError)):
+        raise exc
+    done = list(summary.written)
+    raise type(exc)(f"{exc}; the {len(done)} case(s) scored before it are kept ({', '.join(done[:3])}"
+                    f"{' ...' if len(done) > 3 else ''}): a rerun lists them as existing and scores the others") from exc
 
 
 def _ground_truth(case: Case, shape: tuple[int, ...]) -> np.ndarray | None:

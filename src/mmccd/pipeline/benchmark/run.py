@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from mmccd.data.splits import FOLDS_JSON, Split, load_or_create_folds
 from mmccd.data.store import PREPARE_JSON, PreparedStore
 from mmccd.errors import ConfigError, OutputExistsError
 from mmccd.evaluation.postprocess import PostProcess
+from mmccd.locks import clear, contents, holds_folder_lock
 from mmccd.pipeline.benchmark.jobs import EvalPlan, TestSet, evaluate_spec, run_all
 from mmccd.pipeline.benchmark.plan import (
     DEFAULT_METHODS,
@@ -83,6 +83,7 @@ def benchmark_command(data: Path, out: Path, preset: str | Path, methods: Sequen
     return shlex.join(parts)
 
 
+@holds_folder_lock("out", "benchmark")  # one writer per benchmark folder; its jobs lock their runs
 def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                   methods: Sequence[str] = DEFAULT_METHODS, pairs: Sequence[str] = DEFAULT_PAIRS,
                   test_data: str | Path | None = None, postprocess: PostProcess = NO_POSTPROCESS,
@@ -182,12 +183,12 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    if overwrite and out.exists() and any(out.iterdir()):
+    if overwrite and out.exists() and contents(out):
         if not ((out / "prepared" / PREPARE_JSON).exists() or (out / "results.json").exists()):
             raise OutputExistsError(f"{out} does not look like a benchmark folder (no prepared/{PREPARE_JSON} or "
                                     "results.json); refusing to delete it: choose another --out")
         log.warning("removing %s (overwrite)", out)
-        shutil.rmtree(out)
+        clear(out)  # its lock stays: this benchmark holds it
     out.mkdir(parents=True, exist_ok=True)
 
 
