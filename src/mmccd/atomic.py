@@ -27,7 +27,13 @@ NEARLY_FULL = 1 << 20  # bytes: a write that fails with less free than this fail
 
 
 class DiskFullError(MmccdError):
-    """The disk (or quota) is full: names the file, the free space and roughly what the step needs."""
+    """The disk (or quota) is full: names the file, the free space and roughly what the step needs.
+
+    `path`, `needed`, `at_least`: what `disk_full_error` was given, so that a caller can say what to do instead."""
+
+    def __init__(self, message: str, path: str | Path | None = None, needed: int | None = None, at_least: bool = False):
+        super().__init__(message)
+        self.path, self.needed, self.at_least = path, needed, at_least
 
 
 def _megabytes(n: float) -> str:
@@ -62,19 +68,23 @@ def is_disk_full(exc: BaseException, path: str | Path | None = None) -> bool:
         return False
 
 
-def disk_full_error(path: str | Path | None, needed: int | None = None, at_least: bool = False) -> DiskFullError:
+RUN_AGAIN = "run the same command again: finished work is kept"
+
+
+def disk_full_error(path: str | Path | None, needed: int | None = None, at_least: bool = False,
+                    then: str = RUN_AGAIN) -> DiskFullError:
     """A one-line DiskFullError for a write to `path` (None: not known) that failed for lack of space.
 
-    needed: the bytes the file needs (at_least: only what had been written when the disk filled)."""
+    needed: the bytes the file needs (at_least: only what had been written when the disk filled);
+    then: what to do once space is free."""
     try:
         where = f"{_megabytes(_free(Path(path) if path is not None else Path.cwd()))} free on its disk"
     except OSError:
         where = "the free space could not be read"
     need = f"; the file needed {'at least' if at_least else 'about'} {_megabytes(needed)}" if needed else ""
     what = f"to write {path}" if path is not None else "on the device (the file is not known: --debug shows where)"
-    return DiskFullError(f"no space left {what} ({where}{need}); nothing was written under "
-                         "that name — free some space (or choose another --out) and run the same "
-                         "command again: finished work is kept")
+    return DiskFullError(f"no space left {what} ({where}{need}); nothing was written under that name — free "
+                         f"some space (or choose another --out), then {then}", path, needed, at_least)
 
 
 @contextlib.contextmanager

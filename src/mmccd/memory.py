@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmccd.atomic import DiskFullError
+from mmccd.atomic import DiskFullError, disk_full_error
 from mmccd.distributed import dist_info
 from mmccd.errors import MmccdError
 
@@ -75,9 +75,8 @@ def last_checkpoint_step(checkpoint: Path) -> int | None:
 def _resume_hint(checkpoint: Path, iterations: int) -> str:
     step = last_checkpoint_step(checkpoint)
     if step is None:
-        return f"no checkpoint was written yet ({checkpoint}): nothing to resume"
-    return (f"its last checkpoint ({checkpoint}, step {step} of {iterations}) is intact: --resume continues "
-            f"from step {step}")
+        return f"run the same command again (with --resume: no checkpoint of {checkpoint.stem} was written yet)"
+    return f"--resume continues from step {step} of {iterations} (the last checkpoint, {checkpoint}, is intact)"
 
 
 @contextmanager
@@ -89,7 +88,8 @@ def explain_training_failure(cfg: ExperimentConfig, device: torch.device, checkp
     try:
         yield
     except DiskFullError as exc:
-        raise DiskFullError(f"{exc}; {_resume_hint(checkpoint, cfg.train.iterations)}") from exc
+        raise disk_full_error(exc.path, exc.needed, exc.at_least,
+                              then=_resume_hint(checkpoint, cfg.train.iterations)) from exc
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -98,8 +98,8 @@ def explain_training_failure(cfg: ExperimentConfig, device: torch.device, checkp
         raise OutOfMemoryError(
             f"out of memory training {net_name} on {describe_device(device)} with --batch-size {tc.batch_size} "
             f"(train.batch_size = {tc.batch_size}{per_rank}), train.amp = {tc.amp}, image size "
-            f"{cfg.prepare.size} px ({_what_failed(exc)}); {_resume_hint(checkpoint, tc.iterations)} with the "
-            f"same settings once memory is free (other processes on the device, a larger device); or train again "
+            f"{cfg.prepare.size} px ({_what_failed(exc)}); once memory is free (other processes on the device, a "
+            f"larger device) {_resume_hint(checkpoint, tc.iterations)} with the same settings; or train again "
             f"(--overwrite, or another --out) with a lower --batch-size (e.g. {max(1, tc.batch_size // 2)})"
             f"{' or --amp bf16' if tc.amp == 'none' else ''}") from exc
 

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from mmccd.atomic import DiskFullError, atomic_write_text
+from mmccd.atomic import DiskFullError, atomic_write_text, disk_full_error
 from mmccd.config import SPEED_ONLY_SCORE_KEYS, ExperimentConfig, ScoreConfig, to_dict
 from mmccd.data.discovery import Case, case_from_path, find_cases
 from mmccd.data.io import load_nifti, save_nifti_like
@@ -182,8 +182,11 @@ def _stop(exc: MmccdError, out_dir: Path, run_dir: Path, cfg: ExperimentConfig, 
     if not isinstance(exc, (DiskFullError, OutOfMemoryError)):
         raise exc
     done = list(summary.written)
-    raise type(exc)(f"{exc}; the {len(done)} case(s) scored before it are kept ({', '.join(done[:3])}"
-                    f"{' ...' if len(done) > 3 else ''}): a rerun lists them as existing and scores the others") from exc
+    kept = (f"the {len(done)} case(s) scored before it ({', '.join(done[:3])}{' ...' if len(done) > 3 else ''}) are "
+            "kept: the same command lists them as existing and scores the others")
+    if isinstance(exc, DiskFullError):
+        raise disk_full_error(exc.path, exc.needed, exc.at_least, then=f"run the same command again; {kept}") from exc
+    raise OutOfMemoryError(f"{exc}; {kept}") from exc
 
 
 def _ground_truth(case: Case, shape: tuple[int, ...]) -> np.ndarray | None:
