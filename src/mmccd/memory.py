@@ -75,7 +75,7 @@ def last_checkpoint_step(checkpoint: Path) -> int | None:
 def _resume_hint(checkpoint: Path, iterations: int) -> str:
     step = last_checkpoint_step(checkpoint)
     if step is None:
-        return f"run the same command again (with --resume: no checkpoint of {checkpoint.stem} was written yet)"
+        return f"--resume starts {checkpoint.stem} again from step 0 (no checkpoint of it was written yet)"
     return f"--resume continues from step {step} of {iterations} (the last checkpoint, {checkpoint}, is intact)"
 
 
@@ -101,7 +101,7 @@ def explain_training_failure(cfg: ExperimentConfig, device: torch.device, checkp
             f"{cfg.prepare.size} px ({_what_failed(exc)}); once memory is free (other processes on the device, a "
             f"larger device) {_resume_hint(checkpoint, tc.iterations)} with the same settings; or train again "
             f"(--overwrite, or another --out) with a lower --batch-size (e.g. {max(1, tc.batch_size // 2)})"
-            f"{' or --amp bf16' if tc.amp == 'none' else ''}") from exc
+            f"{' or --amp bf16' if tc.amp == 'none' and torch.device(device).type == 'cuda' else ''}") from exc
 
 
 # ---------------------------------------------------------------- scoring
