@@ -167,6 +167,13 @@ def _take_over(lock: Path, seen: dict[str, Any]) -> None:
         log.warning("taking over the unreadable lock %s (its writer died while creating it)", lock)
 
 
+def _command(stage: str) -> str:
+    """`mmccd <stage> ARGS` when run from the command line, else the stage and the Python program's command."""
+    if stage in sys.argv[1:]:
+        return shlex.join(["mmccd", *sys.argv[1:]])
+    return f"mmccd.{stage} in {shlex.join(sys.argv) or 'python'}"
+
+
 def acquire(folder: Path, stage: str) -> dict[str, Any]:
     """Take the lock of `folder` (created if missing) for this process; FolderLockedError if a live process
     holds it or a folder above it. Returns the record written."""
@@ -177,9 +184,7 @@ def acquire(folder: Path, stage: str) -> dict[str, Any]:
             raise _refusal(folder, parent / LOCK_NAME, holder, inside=True)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(["mmccd", *sys.argv[1:]])
-              if Path(sys.argv[0]).name in ("mmccd", "cli.py", "__main__.py") else shlex.join(sys.argv),
-              "stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex,
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(stage), "stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex,
               "pid_start": _process_start(os.getpid())}
     for _ in range(5):
         if _create(lock, record):
