@@ -101,3 +101,24 @@ def one_error_line(result: CliResult, *fragments: str, code: int = 2) -> str:
     for f in fragments:
         assert f in lines[0], lines[0]
     return lines[0]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What `benchmark.jobs.run_all` reads of a run (a stand-in for RunSpec in tests of its processes)."""
+
+    run: Path
+    label: str
+    reuse: Path | None = None
+
+
+def lock_run_and_record(prepared: Path, spec: JobSpec, plan: object) -> str:
+    """A benchmark job (run in a worker process): lock its run folder as `train_run` does; record who holds it."""
+    import json
+
+    from mmccd.locks import LOCK_NAME, folder_lock
+
+    with folder_lock(spec.run, "train"):
+        holder = json.loads((spec.run / LOCK_NAME).read_text())
+        (spec.run / "job.json").write_text(json.dumps({"pid": os.getpid(), "lock_pid": holder["pid"]}))
+    return spec.label
