@@ -1,14 +1,14 @@
 """One writer per output folder: `prepare`, `train`, `score` and `benchmark` hold a lock file in the folder they
 write, so that a second process on the same folder refuses at once instead of mixing its files with the first's.
 
-    OUT/.mmccd.lock   {"pid", "host", "command", "stage", "started", "token", "pid_start"}
+    OUT/.mmccd.lock   {"pid", "host", "command", "stage", "started", "token", "pid_start", "slurm_job", "slurm_restart"}
 
 - Created with O_CREAT | O_EXCL: of two processes starting together exactly one gets it.
 - A lock held by a live process, on this folder or on a folder above it (a benchmark's folder holds its runs),
   is a FolderLockedError naming the process, its command and the lock file.
 - A lock of a process that is gone (same host, pid not running, or the pid now belongs to a process started
-  later) is taken over with a warning. A lock written on another host cannot be checked: refused, with how to
-  remove it if that process is gone.
+  later; or an earlier run of this requeued SLURM job, on any node) is taken over with a warning. A lock
+  written on another host cannot be checked otherwise: refused, with how to remove it if that process is gone.
 - Released on exit, also on an exception or Ctrl-C; a process killed outright leaves a stale lock, which the
   next run takes over.
 - Processes started by the holder (the benchmark's parallel jobs, which train runs inside the benchmark's
@@ -106,10 +106,24 @@ def _live_holder(path: Path) -> dict[str, Any] | None:
         return None  # an empty record nobody finished writing: stale
     if record is None or record.get("token") in _held_tokens():
         return None
+    if _earlier_run_of_this_job(record):
+        return None
     if record.get("host") != socket.gethostname():
         return record  # cannot be checked from here: assumed alive
     pid = record.get("pid")
     return record if isinstance(pid, int) and _alive(pid, record.get("pid_start")) else None
+
+
+def _slurm() -> tuple[str | None, str]:
+    """(job id, restart count) of the SLURM job this process belongs to; (None, "0") outside SLURM."""
+    return os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_RESTART_COUNT", "0")
+
+
+def _earlier_run_of_this_job(record: dict[str, Any]) -> bool:
+    """True for a lock of an earlier run of this requeued SLURM job (same job id, another restart count): SLURM
+    runs a job once at a time, so that run is gone, on whatever node it ran."""
+    job, restart = _slurm()
+    return job is not None and record.get("slurm_job") == job and str(record.get("slurm_restart", "0")) != restart
 
 
 def _mtime(path: Path) -> float:
@@ -185,7 +199,7 @@ def acquire(folder: Path, stage: str) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(stage), "stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex,
-              "pid_start": _process_start(os.getpid())}
+              "pid_start": _process_start(os.getpid()), "slurm_job": _slurm()[0], "slurm_restart": _slurm()[1]}
     for _ in range(5):
         if _create(lock, record):
             os.environ[TOKENS_ENV] = ",".join([*_held_tokens(), record["token"]])

@@ -73,10 +73,13 @@ def last_checkpoint_step(checkpoint: Path) -> int | None:
 
 
 def _resume_hint(checkpoint: Path, iterations: int) -> str:
+    """What continues the run: `mmccd train ... --resume`, or the same `mmccd benchmark` command."""
     step = last_checkpoint_step(checkpoint)
     if step is None:
-        return f"--resume starts {checkpoint.stem} again from step 0 (no checkpoint of it was written yet)"
-    return f"--resume continues from step {step} of {iterations} (the last checkpoint, {checkpoint}, is intact)"
+        return (f"--resume (a benchmark: the same command) starts {checkpoint.stem} again from step 0 (no checkpoint "
+                "of it was written yet)")
+    return (f"--resume (a benchmark: the same command) continues from step {step} of {iterations} (the last "
+            f"checkpoint, {checkpoint}, is intact)")
 
 
 @contextmanager

@@ -145,7 +145,7 @@ def test_training_whose_checkpoint_fills_the_disk_resumes_bit_identically(disk, 
     disk.leave_free(size + size // 2)  # the checkpoint of step 5 fits, the one of step 10 (beside it) does not
     ckpt = run / "checkpoints" / "source_to_target.pt"
     line = _full(run_cli(*argv), ckpt)
-    assert "then --resume continues from step 5 of 20" in line and "the file needed about" in line, line
+    assert "then --resume (a benchmark: the same command) continues from step 5 of 20" in line and "the file needed about" in line, line
     _no_temporaries(disk.path)
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)  # whole, the last one that fitted
     assert saved["step"] == 5 and not saved["finished"]

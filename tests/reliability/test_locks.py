@@ -167,3 +167,18 @@ def test_under_torchrun_only_rank_0_takes_the_lock_and_every_rank_hears_a_refusa
     monkeypatch.setattr(locks, "gather_objects", lambda own: [refused, own])  # rank 0 was refused
     with pytest.raises(FolderLockedError, match="process 7"), folder_lock(tmp_path / "out", "train"):
         pytest.fail("rank 1 went on although rank 0 was refused")
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_run_on_another_node(tmp_path, monkeypatch, caplog):
+    """SLURM runs a job once at a time: a lock of the same job id with another restart count is of a run that is
+    gone (preempted or requeued, on another node). Any other lock from another node is still refused."""
+    monkeypatch.setenv("SLURM_JOB_ID", "81234")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _lock(tmp_path / "run", host="gpu-node-07", pid=4242, slurm_job="81234", slurm_restart="0")
+    with caplog.at_level(logging.WARNING, logger="mmccd"), folder_lock(tmp_path / "run", "train"):
+        assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["slurm_restart"] == "1"
+    assert any("taking over the lock" in r.getMessage() and "gpu-node-07" in r.getMessage() for r in caplog.records)
+    for other in ({"slurm_job": "81234", "slurm_restart": "1"}, {"slurm_job": "99999", "slurm_restart": "0"}):
+        _lock(tmp_path / "other", host="gpu-node-07", pid=4242, **other)  # the same run, or another job
+        with pytest.raises(FolderLockedError, match="another machine"), folder_lock(tmp_path / "other", "train"):
+            pass

@@ -52,7 +52,7 @@ def test_training_out_of_memory_names_the_batch_size_and_keeps_its_checkpoint(wh
     _forward_fails(monkeypatch, ERRORS[where], after=7)  # step 8: after the checkpoint of step 5
     line = one_error_line(run_cli(*argv), "out of memory training source_to_target on cpu",
                           "--batch-size 4 (train.batch_size = 4)", "train.amp = none",
-                          "--resume continues from step 5 of 20", "a lower --batch-size (e.g. 2)")
+                          "--resume (a benchmark: the same command) continues from step 5 of 20", "a lower --batch-size (e.g. 2)")
     if where != "python":
         assert "allocate" in line  # what torch could not allocate
     ckpt = torch.load(run / "checkpoints" / "source_to_target.pt", map_location="cpu", weights_only=True)
@@ -73,7 +73,7 @@ def test_training_before_any_checkpoint_says_there_is_nothing_to_resume(prepared
                                                                         monkeypatch):
     _forward_fails(monkeypatch, ERRORS["cuda"])
     one_error_line(run_cli(*TRAIN, "--prepared", prepared, "--preset", small_preset, "--out", tmp_path / "run"),
-                   "out of memory training source_to_target", "--resume starts source_to_target again from step 0")
+                   "out of memory training source_to_target", "starts source_to_target again from step 0 (no checkpoint")
 
 
 def test_another_error_in_training_is_not_called_out_of_memory(prepared, small_preset, tmp_path, monkeypatch):
