@@ -63,6 +63,8 @@ def _process_start(pid: int) -> str | None:
 
 def _alive(pid: int, started: str | None) -> bool:
     """True if `pid` runs on this host and is the process that wrote the lock (not a later one with its pid)."""
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: assume alive
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -75,6 +77,13 @@ def _alive(pid: int, started: str | None) -> bool:
 
 def _held_tokens() -> list[str]:
     return [t for t in os.environ.get(TOKENS_ENV, "").split(",") if t]
+
+
+def _set_tokens(tokens: list[str]) -> None:
+    if tokens:
+        os.environ[TOKENS_ENV] = ",".join(tokens)
+    else:
+        os.environ.pop(TOKENS_ENV, None)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -202,7 +211,7 @@ def acquire(folder: Path, stage: str) -> dict[str, Any]:
               "pid_start": _process_start(os.getpid()), "slurm_job": _slurm()[0], "slurm_restart": _slurm()[1]}
     for _ in range(5):
         if _create(lock, record):
-            os.environ[TOKENS_ENV] = ",".join([*_held_tokens(), record["token"]])
+            _set_tokens([*_held_tokens(), record["token"]])
             return record
         seen = _read(lock)
         if seen is None:
@@ -221,7 +230,7 @@ def release(folder: Path, record: dict[str, Any]) -> None:
     if not record:
         return
     lock = Path(folder) / LOCK_NAME
-    os.environ[TOKENS_ENV] = ",".join(t for t in _held_tokens() if t != record["token"])
+    _set_tokens([t for t in _held_tokens() if t != record["token"]])
     current = _read(lock)
     if current and current.get("token") == record["token"]:
         lock.unlink(missing_ok=True)
