@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mmccd.atomic import disk_full_error, is_disk_full
-from mmccd.distributed import dist_info, gather_objects
 from mmccd.errors import MmccdError, printable
 
 log = logging.getLogger("mmccd")
@@ -111,12 +110,10 @@ def _live_holder(path: Path) -> dict[str, Any] | None:
     """The record of the lock file `path` if a live process other than this one (and its parents) holds it;
     None when there is no lock, it is ours, or it is stale."""
     record = _read(path)
-    if not record and record is not None and time.time() - _mtime(path) > 30:
-        return None  # an empty record nobody finished writing: stale
-    if record is None or record.get("token") in _held_tokens():
+    if record is None or record.get("token") in _held_tokens() or _earlier_run_of_this_job(record):
         return None
-    if _earlier_run_of_this_job(record):
-        return None
+    if not record:  # unreadable: a writer that died while creating it (stale once old), or one writing it now
+        return None if time.time() - _mtime(path) > 30 else record
     if record.get("host") != socket.gethostname():
         return record  # cannot be checked from here: assumed alive
     pid = record.get("pid")
@@ -143,7 +140,8 @@ def _mtime(path: Path) -> float:
 
 
 def _refusal(folder: Path, lock: Path, record: dict[str, Any], inside: bool) -> FolderLockedError:
-    where = (f"{folder} is inside {lock.parent}, which" if inside else f"{folder}") + f" is being written by {_describe(record)}"
+    where = f"{folder} is inside {lock.parent}, which" if inside else str(folder)
+    where += f" is being written by {_describe(record)}"
     if record.get("host") != socket.gethostname():
         fix = (f"mmccd cannot check a process on another machine: if it is still running, wait for it to finish or "
                f"choose another --out; if it is gone, delete {lock} and run again")
@@ -178,12 +176,15 @@ def _take_over(lock: Path, seen: dict[str, Any]) -> None:
         os.rename(lock, grave)
     except FileNotFoundError:
         return
-    if _read(grave) != seen:  # another process took it over first and we moved its fresh lock: put it back
+    moved_fresh = _read(grave) != seen  # another process took it over first: we moved its fresh lock
+    if moved_fresh:
         try:
-            os.link(grave, lock)
+            os.link(grave, lock)  # put it back (never over a lock created meanwhile)
         except OSError:
             pass
     grave.unlink(missing_ok=True)
+    if moved_fresh:
+        return
     if seen:
         log.warning("taking over the lock %s of %s, which is no longer running", lock, _describe(seen))
     else:
@@ -207,8 +208,10 @@ def acquire(folder: Path, stage: str) -> dict[str, Any]:
             raise _refusal(folder, parent / LOCK_NAME, holder, inside=True)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(stage), "stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex,
-              "pid_start": _process_start(os.getpid()), "slurm_job": _slurm()[0], "slurm_restart": _slurm()[1]}
+    job, restart = _slurm()
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(stage), "stage": stage,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex,
+              "pid_start": _process_start(os.getpid()), "slurm_job": job, "slurm_restart": restart}
     for _ in range(5):
         if _create(lock, record):
             _set_tokens([*_held_tokens(), record["token"]])
@@ -226,7 +229,7 @@ def acquire(folder: Path, stage: str) -> dict[str, Any]:
 
 
 def release(folder: Path, record: dict[str, Any]) -> None:
-    """Remove the lock if it is still ours (and the folder, if the lock was all it held)."""
+    """Remove the lock if it is still ours (`record`: what `acquire` returned; {} for a lock held by a caller)."""
     if not record:
         return
     lock = Path(folder) / LOCK_NAME
@@ -241,6 +244,8 @@ def folder_lock(folder: str | Path, stage: str) -> Iterator[None]:
     """Hold the lock of `folder` while the block runs (rank 0 under torchrun; every rank raises if refused).
 
     A folder this call created that holds nothing when the block ends is removed again."""
+    from mmccd.distributed import dist_info, gather_objects  # torch: imported only where a lock is taken
+
     folder = Path(folder)
     rank, world = dist_info()
     existed = folder.exists()

@@ -20,6 +20,7 @@ import pytest
 import torch
 from reliability_helpers import SUBPROCESS_ENV, JobSpec, lock_run_and_record, one_error_line
 
+import mmccd.distributed as distributed
 import mmccd.locks as locks
 from mmccd.locks import LOCK_NAME, FolderLockedError, folder_lock
 from mmccd.pipeline.benchmark.jobs import run_all
@@ -159,12 +160,12 @@ def test_benchmark_jobs_are_not_blocked_by_the_benchmarks_lock(tmp_path):
 
 
 def test_under_torchrun_only_rank_0_takes_the_lock_and_every_rank_hears_a_refusal(tmp_path, monkeypatch):
-    monkeypatch.setattr(locks, "dist_info", lambda: (1, 2))
-    monkeypatch.setattr(locks, "gather_objects", lambda own: [None, own])  # rank 0 got the lock
+    monkeypatch.setattr(distributed, "dist_info", lambda: (1, 2))
+    monkeypatch.setattr(distributed, "gather_objects", lambda own: [None, own])  # rank 0 got the lock
     with folder_lock(tmp_path / "out", "train"):
         assert not (tmp_path / "out" / LOCK_NAME).exists()
     refused = f"{tmp_path / 'out'} is being written by process 7 on this machine"
-    monkeypatch.setattr(locks, "gather_objects", lambda own: [refused, own])  # rank 0 was refused
+    monkeypatch.setattr(distributed, "gather_objects", lambda own: [refused, own])  # rank 0 was refused
     with pytest.raises(FolderLockedError, match="process 7"), folder_lock(tmp_path / "out", "train"):
         pytest.fail("rank 1 went on although rank 0 was refused")
 
@@ -182,3 +183,37 @@ def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_run_on_another_
         _lock(tmp_path / "other", host="gpu-node-07", pid=4242, **other)  # the same run, or another job
         with pytest.raises(FolderLockedError, match="another machine"), folder_lock(tmp_path / "other", "train"):
             pass
+
+
+RACER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mmccd.locks import FolderLockedError, acquire, release
+
+    folder, go = Path(sys.argv[1]), Path(sys.argv[2])
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.005)
+    try:
+        record = acquire(folder, "train")
+    except FolderLockedError:
+        print("refused", flush=True)
+    else:
+        print("got", flush=True)
+        time.sleep(1)  # held while the others try
+        release(folder, record)
+""")
+
+
+@pytest.mark.parametrize("before", ["no lock", "a stale lock"])
+def test_of_processes_starting_together_exactly_one_gets_the_lock(before, tmp_path):
+    folder, go = tmp_path / "run", tmp_path / "go"
+    if before == "a stale lock":  # every racer sees it stale and takes it over: still one winner
+        _lock(folder, pid=_dead_pid())
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(folder), str(go)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV) for _ in range(4)]
+    assert [racer.stdout.readline().strip() for racer in racers] == ["ready"] * 4
+    go.touch()  # let go together
+    results = [racer.communicate(timeout=120) for racer in racers]
+    assert sorted(out.strip() for out, _ in results) == ["got", "refused", "refused", "refused"], results
+    assert not (folder / LOCK_NAME).exists() and [p.name for p in folder.iterdir()] == []
