@@ -60,8 +60,8 @@ def is_disk_full(exc: BaseException, path: str | Path | None = None) -> bool:
         if isinstance(seen, OSError) and (seen.errno in _FULL or (seen.errno is None and _SHORT_WRITE.search(str(seen)))):
             return True
         seen = seen.__cause__ or seen.__context__
-    if path is None or not isinstance(exc, (OSError, RuntimeError)):
-        return False
+    if path is None or not isinstance(exc, (OSError, RuntimeError)) or "alloc" in str(exc).lower():
+        return False  # (an allocation that failed is out of memory, not out of disk)
     try:
         return _free(Path(path)) < NEARLY_FULL
     except OSError:
