@@ -123,6 +123,11 @@ class ScoreConfig:
     amp: Amp = "none"  # bf16: CPU with avx512_bf16/AMX, or CUDA · fp16: CUDA · auto: bf16/fp16 where native
     compile: bool = False  # torch.compile the networks (opt-in: minutes of compile time)
     seed: int = 0
+    # beyond the paper (docs/quality.md): each off by default
+    calibration: Literal["none", "intensity"] = "none"  # score relative to healthy validation tissue (calibration.py)
+    calibration_bins: int = 32  # source-intensity bins of the healthy calibration
+    refine_iterations: int = 0  # MMCCD: iterative mask refinement after the first map (IterMask-style); 0 = off
+    refine_quantile: float = 0.9  # ... pixels above this quantile of a slice's first map stay hidden at first
 
 
 @dataclass(frozen=True)
@@ -315,9 +320,12 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def validate_score(sc: ScoreConfig) -> None:
-    for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask"):
+    for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask", "calibration_bins"):
         if getattr(sc, key) < 1:
             raise ConfigError(f"score.{key}: expected an integer >= 1, found {getattr(sc, key)}")
+    if sc.refine_iterations < 0 or not 0.0 < sc.refine_quantile < 1.0:
+        raise ConfigError(f"score.refine_iterations >= 0 and 0 < score.refine_quantile < 1 expected, found "
+                          f"{sc.refine_iterations} and {sc.refine_quantile}")
 
 
 def load_score_preset(preset: str | Path) -> ScoreConfig:

@@ -34,9 +34,10 @@ def cv(tmp_path_factory):
     root = tmp_path_factory.mktemp("cv")
     write_phantom_dataset(root / "cases", n_cases=8, seed=2, shape=(48, 48, 32))
     (root / "preset.yaml").write_text(PRESET)
+    (root / "cal.yaml").write_text("extends: preset.yaml\nscore: {calibration: intensity, calibration_bins: 8}\n")
     entries = run_benchmark(root / "cases", root / "out", preset=root / "preset.yaml", folds=2,
-                            methods=["cyclic-unet", "threshold"], pairs=["flair:t2", "t2:flair=threshold"],
-                            profiles=["field"])
+                            methods=["cyclic-unet", "threshold", f"threshold@{root / 'cal.yaml'}"],
+                            pairs=["flair:t2", "t2:flair=threshold"], profiles=["field"])
     return root, entries
 
 
@@ -49,9 +50,9 @@ def test_every_subject_is_tested_once_and_folds_are_reused(cv):
         assert e["folds"] == 2 and e["n_test_subjects"] == 8 and e["n_test_subjects_volume"] == 8
         assert sorted(e["per_subject_dice"]["max_tumour"]) == tested
         assert [r["n"] for r in e["per_fold"]["max_tumour"]] == [len(f["test"]) for f in folds["folds"]]
-    # (cyclic-unet, threshold) on flair:t2 and threshold on t2:flair, raw and post-processed
+    # (cyclic-unet, threshold, its calibrated variant) on flair:t2 and threshold on t2:flair, raw and post-processed
     assert {(e["method"], e["pair"]) for e in entries} == {("cyclic-unet", "flair:t2"), ("threshold", "flair:t2"),
-                                                           ("threshold", "t2:flair")}
+                                                           ("threshold@cal", "flair:t2"), ("threshold", "t2:flair")}
     assert len({e["postprocess"] for e in entries}) == 2
 
 
@@ -82,12 +83,26 @@ def test_each_fold_chooses_its_threshold_on_its_own_validation_subjects(cv):
             assert metrics["threshold"] != pytest.approx(test_optimal.threshold)  # the test optimum is not taken
 
 
+def test_a_scoring_variant_evaluates_the_plain_run_with_its_own_calibrated_scores(cv):
+    root, entries = cv
+    run = root / "out" / "runs" / "fold-0" / "threshold_flair-t2"
+    assert not (root / "out" / "runs" / "fold-0" / "threshold@cal_flair-t2").exists()  # no run of its own
+    metrics = json.loads((run / "eval-max_tumour@cal" / "metrics.json").read_text())
+    assert metrics["score_config"]["calibration"] == "intensity" and list((run / "calibration").glob("*.npz"))
+    variant = next(e for e in entries if e["method"] == "threshold@cal" and e["postprocess"] == "none")
+    plain = next(e for e in entries if e["method"] == "threshold" and e["pair"] == "flair:t2" and e["postprocess"] == "none")
+    assert variant["per_subject_dice"]["max_tumour"] != plain["per_subject_dice"]["max_tumour"]
+    c = variant["vs_base"]["max_tumour"]
+    assert c["base"] == "threshold" and c["n"] == 8
+    assert c["mean_diff"] == pytest.approx(variant["dice_val_threshold"] - plain["dice_val_threshold"])
+
+
 def test_tables_compare_with_the_best_and_report_lesions(cv):
     root, entries = cv
     raw = [e for e in entries if e["pair"] == "flair:t2" and e["postprocess"] == "none"]
     best = [e for e in raw if e["vs_best"]["max_tumour"].get("is_best")]
     other = [e for e in raw if not e["vs_best"]["max_tumour"].get("is_best")]
-    assert len(best) == 1 and len(other) == 1
+    assert len(raw) == 3 and len(best) == 1 and len(other) == 2  # the variant is a row of its table too
     c = other[0]["vs_best"]["max_tumour"]
     diffs = [other[0]["per_subject_dice"]["max_tumour"][s] - best[0]["per_subject_dice"]["max_tumour"][s]
              for s in best[0]["per_subject_dice"]["max_tumour"]]

@@ -42,6 +42,7 @@ from mmccd.evaluation.lesions import evaluate_lesions, summarise_lesions
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import postprocess_records, records_from_arrays, threshold_protocol
 from mmccd.evaluation.report import write_report
+from mmccd.pipeline.calibrate import scorer
 from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run_split, run_store
 from mmccd.pipeline.views import subject_view, worst_and_best
 from mmccd.scoring import resolve_scoring
@@ -172,6 +173,7 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     test_name = "test" if test_store is None else f"test@{t_store.root.name}"
     splits = {"val": (store, val_ids, "val"), "test": (t_store, list(test_ids), test_name)}
     scored: dict[str, ScoredSplit] = {}
+    scoring: AnomalyMethod | None = None
     for split, (split_store, ids, name) in splits.items():
         path = cache_path(run_dir, name, slices)
         cached = load_cache(path, key.maps(split))
@@ -180,7 +182,8 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
             scored[split] = cached
             continue
         method = method or load_method(run_dir, device)
-        scored[split] = score_split(method, settings, split_store, ids, cfg.source, cfg.target, slices,
+        scoring = scoring or scorer(run_dir, method, settings)  # with its healthy calibration, when asked
+        scored[split] = score_split(scoring, settings, split_store, ids, cfg.source, cfg.target, slices,
                                     keep_figures=keep, desc=f"score {split}")
         save_cache(path, scored[split], key.maps(split))
 
@@ -227,8 +230,9 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     if views == "auto" or (views == "cached" and slices == "all"):
         if slices != "all":
             method = method or load_method(run_dir, device)
+            scoring = scoring or scorer(run_dir, method, settings)
         made = _views(out_dir, t_store, scored["test"] if slices == "all" else None, result.per_subject, cfg,
-                      choice.threshold, pp, method, settings)
+                      choice.threshold, pp, scoring, settings)
     write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")},
                  views=made)
     return Evaluation(summary, result.per_subject, choice.thresholds, choice.val_curve, protocol_result.test_curve,

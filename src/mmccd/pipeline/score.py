@@ -27,6 +27,7 @@ from mmccd.distributed import dist_info, gather_objects, progress_kwargs, shard
 from mmccd.errors import ConfigError, DataError, MmccdError, OutputExistsError
 from mmccd.evaluation.figures import montage
 from mmccd.evaluation.viewer import case_view_name, write_case_view
+from mmccd.pipeline.calibrate import scorer
 from mmccd.pipeline.runs import load_method
 from mmccd.progress import progress
 from mmccd.provenance import run_info
@@ -108,6 +109,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
     method = load_method(run_dir, device)
     cfg = method.cfg
     settings = resolve_scoring(cfg, scoring)
+    method = scorer(run_dir, method, settings)  # with its healthy calibration, when the settings ask
     threshold_from = "argument" if threshold is not None else None
     if threshold is None:
         threshold, threshold_from = find_threshold(run_dir, settings)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmccd.evaluation.report import to_jsonable
-from mmccd.evaluation.stats import compare_to_best
+from mmccd.evaluation.stats import compare_paired, compare_to_best
 from mmccd.pipeline.benchmark.plan import RunSpec
 from mmccd.pipeline.evaluate import Evaluation
 from mmccd.pipeline.runs import read_run_info
@@ -137,7 +137,7 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
     groups: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
     for spec in specs:
         if spec.seed == main_seed[spec.pair]:
-            groups[(spec.method, spec.pair)].append(spec)
+            groups[(spec.name, spec.pair)].append(spec)
     for (method, pair), group in groups.items():
         first = group[0]
         train = [training_time(s) for s in group]
@@ -146,7 +146,8 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
         for test_set in test_sets:
             for pp in postprocess:
                 entry: dict[str, Any] = {
-                    "method": method, "source": first.source, "target": first.target, "pair": pair,
+                    "method": method, "base_method": first.method, "variant": first.variant,
+                    "source": first.source, "target": first.target, "pair": pair,
                     "test_set": test_set, "postprocess": pp, "folds": None if first.fold is None else len(group),
                     "runs": [str(s.run.relative_to(out)) for s in group]}
                 per_subject, folds, reports, levels = {}, {}, {}, {}
@@ -169,11 +170,29 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
                     {k: round(sum(t["train_seconds_by_net"].get(k) or 0 for t in train), 1)
                      for k in train[0]["train_seconds_by_net"]},
                     "train_note": train[0]["train_note"], "trained_with_code": run_info.get("code_version"),
-                    "scoring": describe_scoring(method, score_config), "score_config": score_config,
+                    "scoring": describe_scoring(first.method, score_config), "score_config": score_config,
                     "per_subject_dice": per_subject, "per_fold": folds, "protocols": levels, "reports": reports})
                 entries.append(entry)
     add_paired_comparisons(entries, protocols)
+    add_base_comparisons(entries, protocols)
     return [to_jsonable(e) for e in entries]
+
+
+def add_base_comparisons(entries: list[dict[str, Any]], protocols: Sequence[str]) -> None:
+    """A variant (METHOD@PRESET) against its plain method on the same subjects: `vs_base` per protocol."""
+    plain = {(e["method"], e["pair"], e["test_set"], e["postprocess"]): e for e in entries if not e.get("variant")}
+    for e in entries:
+        base = plain.get((e.get("base_method"), e["pair"], e["test_set"], e["postprocess"])) if e.get("variant") else None
+        if base is None:
+            continue
+        e["vs_base"] = {}
+        for slices in protocols:
+            a = {s: v for s, v in e["per_subject_dice"][slices].items() if v is not None}
+            b = {s: v for s, v in base["per_subject_dice"][slices].items() if v is not None}
+            c = compare_paired(a, b, e["method"], base["method"], drop_unshared=True)
+            e["vs_base"][slices] = {"base": base["method"], "n": c.n, "mean_diff": c.mean_diff, "std_diff": c.std_diff,
+                                    "p_value": c.p_value, "p_method": c.p_method, "n_higher": c.n_a_higher,
+                                    "n_lower": c.n_b_higher, "note": c.note}
 
 
 def add_paired_comparisons(entries: list[dict[str, Any]], protocols: Sequence[str]) -> None:
@@ -214,7 +233,7 @@ def seed_study(specs: Sequence[RunSpec], evals: Evaluations, protocols: Sequence
     groups: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
     for spec in specs:
         if spec.fold in (None, 0):
-            groups[(spec.method, spec.pair)].append(spec)
+            groups[(spec.name, spec.pair)].append(spec)
     rows = []
     for (method, pair), group in groups.items():
         if len({s.seed for s in group}) < 2:

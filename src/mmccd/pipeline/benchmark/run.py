@@ -40,6 +40,8 @@ from mmccd.pipeline.benchmark.plan import (
     estimate_training,
     parse_pair,
     plan_runs,
+    row_name,
+    split_variant,
 )
 from mmccd.pipeline.benchmark.report import describe_scoring, write_results
 from mmccd.pipeline.benchmark.results import make_entries, seed_study
@@ -117,9 +119,10 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
         raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
     base = load_config(preset)
     pps = (postprocess, *(PostProcess.profile(p, base.prepare.size) for p in profiles if p != "none"))
-    for _, _, ms in pair_specs:  # an unknown method or scoring preset fails now, not after hours
+    for _, _, ms in pair_specs:  # an unknown method, variant preset or scoring preset fails now, not after hours
         for m in ms:
-            resolve_scoring(load_config(preset, {"method": m}), scoring)
+            method, variant = split_variant(m)
+            resolve_scoring(load_config(variant or preset, {"method": method}), scoring)
     _prepare_out(out, overwrite)
 
     contrasts = sorted({c for s, t, _ in pair_specs for c in (s, t)}, key=MODALITIES.index)
@@ -160,10 +163,9 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     main_seed = {f"{s}:{t}": load_config(preset, {"source": s, "target": t}).train.seed for s, t, _ in pair_specs}
     entries = make_entries(specs, evals, out, protocols, [pp.describe() for pp in pps],
                            [t.label for t in test_sets], main_seed, describe_scoring)
-    order = {(m, f"{s}:{t}"): i for i, (s, t, ms) in enumerate(pair_specs) for m in ms}
-    rank = {(m, p): i for i, (m, p) in enumerate(sorted(order, key=lambda k: order[k]))}
-    entries.sort(key=lambda e: (order[(e["method"], e["pair"])], rank[(e["method"], e["pair"])],
-                                e["test_set"] != INTERNAL, e["postprocess"] != pps[0].describe()))
+    listed = [(row_name(m), f"{s}:{t}") for s, t, ms in pair_specs for m in ms]  # the order the user gave
+    entries.sort(key=lambda e: (listed.index((e["method"], e["pair"])), e["test_set"] != INTERNAL,
+                                e["postprocess"] != pps[0].describe()))
     seeds_table = seed_study(specs, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
     meta = {
         "command": benchmark_command(data, out, preset, methods, list(pairs), test_data, postprocess, protocols,

@@ -1,0 +1,79 @@
+"""The scorer of a run for some score settings: the method itself, or the method with its healthy calibration.
+
+`score.calibration: intensity` needs a table fitted on the run's validation subjects' healthy (tumour-free)
+slices, scored with the same settings; it is fitted once and kept in RUN/calibration/<key>.npz, keyed by the
+weights, the settings and the validation subjects' data, so every entry point (evaluate, score, benchmark,
+export) uses the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mmccd.atomic import atomic_write_bytes
+from mmccd.config import ScoreConfig, to_dict
+from mmccd.scoring.base import AnomalyMethod
+from mmccd.scoring.calibration import Calibrated, IntensityCalibration
+from mmccd.scoring.slices import score_split
+
+log = logging.getLogger("mmccd")
+
+
+def uncalibrated(settings: ScoreConfig) -> ScoreConfig:
+    """The same settings without the calibration (what the table is fitted on)."""
+    return dataclasses.replace(settings, calibration="none")
+
+
+def fit_calibration(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig) -> IntensityCalibration:
+    """The run's calibration table for `settings` (fitted now on its validation subjects' healthy slices, or
+    read back from RUN/calibration/)."""
+    from mmccd.pipeline.evaluate import checkpoint_digests
+    from mmccd.pipeline.runs import run_split, run_store
+
+    store, split = run_store(run_dir), run_split(run_dir)
+    base = uncalibrated(settings)
+    key = hashlib.sha256(json.dumps({"checkpoints": checkpoint_digests(run_dir), "score": to_dict(base),
+                                     "bins": settings.calibration_bins, "val": store.identity(split.val)},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(run_dir) / "calibration" / f"intensity-{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return IntensityCalibration.from_arrays(dict(z))
+    cfg = method.cfg
+    healthy = score_split(method, base, store, list(split.val), cfg.source, cfg.target, "train",
+                          desc="calibrate on healthy validation slices")
+    sources = np.stack([np.asarray(store.images(sid)[p, store.modalities.index(cfg.source)], dtype=np.float32)
+                        for sid, p in _positions(store, healthy)])
+    table = IntensityCalibration.fit(healthy.maps, sources, healthy.brain, settings.calibration_bins,
+                                     fitted_on=f"{len(healthy)} tumour-free slices of {len(split.val)} validation "
+                                               f"subjects ({', '.join(split.val)})")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **table.to_arrays())
+    atomic_write_bytes(path, buf.getvalue())
+    log.info("calibration: %s fitted on %s", path, table.fitted_on)
+    return table
+
+
+def _positions(store, split) -> list[tuple[str, int]]:  # noqa: ANN001 — (PreparedStore, ScoredSplit)
+    """(subject, stored position) of each scored slice (the split holds original axial indices)."""
+    out = []
+    for sid, k in zip(split.subject_ids, split.slice_indices, strict=True):
+        out.append((sid, store.meta(sid)["slice_indices"].index(int(k))))
+    return out
+
+
+def scorer(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig) -> AnomalyMethod:
+    """What scores with `settings`: the method, or the method with its calibration table."""
+    if settings.calibration == "none":
+        return method
+    return Calibrated(method, fit_calibration(run_dir, method, settings))
+
+
+__all__ = ["fit_calibration", "scorer", "uncalibrated"]
