@@ -69,7 +69,7 @@ def test_each_fold_chooses_its_threshold_on_its_own_validation_subjects(cv):
         assert metrics["evaluation_settings"]["splits"]["test"]["ids"] == fold["test"]
 
         def records(split, run=run):
-            path = run / "maps" / f"{split}_max_tumour.npz"
+            (path,) = (run / "maps").glob(f"{split}_max_tumour_*.npz")  # one scoring of this run
             z = load_cache(path, str(np.load(path)["signature"]))
             return records_from_arrays(z.subject_ids, z.slice_indices, z.maps, z.gt, z.brain)
 
@@ -110,6 +110,10 @@ def test_tables_compare_with_the_best_and_report_lesions(cv):
     assert c["p_value"] is None or 0 < c["p_value"] <= 1
     for e in raw:
         assert 0 <= e["lesion_sensitivity"] <= 1 and e["fp_per_volume"] >= 0 and e["n_lesions"] >= 8
+    report = (root / "out" / "report.html").read_text()
+    for e in raw:  # each method's worst and best subject, browsable, linked from the report
+        assert len(e["views"]) == 2 and all((root / "out" / p).stat().st_size > 1e6 for p in e["views"].values())
+        assert all(p in report for p in e["views"].values())
     md = (root / "out" / "results.md").read_text()
     for text in ("FLAIR input — raw maps", "T2 input — raw maps", "post-processed: field@32px", "vs best (Δ, p)",
                  "lesion sensitivity", "Per fold", "2-fold cross-validation", "0.609", "0.738"):

@@ -47,7 +47,7 @@ from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run
 from mmccd.pipeline.views import subject_view, worst_and_best
 from mmccd.scoring import resolve_scoring
 from mmccd.scoring.base import AnomalyMethod
-from mmccd.scoring.slices import ScoredSplit, cache_path, load_cache, save_cache, score_split
+from mmccd.scoring.slices import ScoredSplit, cache_path, find_cache, save_cache, score_split
 
 log = logging.getLogger("mmccd")
 METRICS_JSON = "metrics.json"
@@ -74,6 +74,12 @@ class EvaluationKey:
     def as_dict(self) -> dict[str, Any]:
         return {"checkpoints": [list(c) for c in self.checkpoints], "score": self.score, "slices": self.slices,
                 "postprocess": self.postprocess, "eval": self.eval, "splits": self.splits}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationKey:
+        """The key an evaluation recorded (metrics.json "evaluation_settings")."""
+        return cls(tuple(tuple(c) for c in d["checkpoints"]), d["score"], d["slices"], d["postprocess"], d["eval"],
+                   d["splits"])
 
     @property
     def digest(self) -> str:
@@ -175,8 +181,8 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     scored: dict[str, ScoredSplit] = {}
     scoring: AnomalyMethod | None = None
     for split, (split_store, ids, name) in splits.items():
-        path = cache_path(run_dir, name, slices)
-        cached = load_cache(path, key.maps(split))
+        path = cache_path(run_dir, name, slices, key.maps(split))
+        cached = find_cache(run_dir, name, slices, key.maps(split))
         keep = cfg.eval.figure_slices if split == "test" else 0
         if cached is not None and len(cached.figures) >= min(keep, len(cached)):
             scored[split] = cached

@@ -365,6 +365,11 @@ def write_results(out: Path, entries: Sequence[dict[str, Any]], meta: Mapping[st
     body += ["<h2>Figures</h2>"]
     body += [f"<figure><img src='figures/{html.escape(n)}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}"
              "</figcaption></figure>" for n, c in figures]
+    views = [(f"{e['method']} {e['source']}→{e['target']}: {sid} ({'worst' if k == 0 else 'best'} whole-volume Dice)", p)
+             for e in entries for k, (sid, p) in enumerate((e.get("views") or {}).items())]
+    if views:
+        body += ["<h2>Case views: each method's worst and best test subject</h2><ul>" + "".join(
+            f"<li><a href='{html.escape(p)}'>{html.escape(t)}</a></li>" for t, p in views) + "</ul>"]
     links = [(f"{e['method']} {e['source']}→{e['target']}, {e['test_set']}, {e['postprocess']}, {s}, {Path(p).parts[1]}", p)
              for e in entries for s, ps in e["reports"].items() for p in ps]
     body += ["<details><summary>Protocol</summary><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in statement)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mmccd.data.store import PreparedStore
 from mmccd.evaluation.report import to_jsonable
 from mmccd.evaluation.stats import compare_paired, compare_to_best
 from mmccd.pipeline.benchmark.plan import RunSpec
@@ -265,5 +266,42 @@ def seed_study(specs: Sequence[RunSpec], evals: Evaluations, protocols: Sequence
     return [to_jsonable(r) for r in rows]
 
 
-__all__ = ["add_paired_comparisons", "make_entries", "protocol_keys", "seed_study", "subject_rows",
-           "training_time"]
+def write_views(out: Path, entries: list[dict[str, Any]], specs: Sequence[RunSpec], evals: Evaluations,
+                internal: str, raw: str, store: PreparedStore) -> None:
+    """Case views of each method's worst and best test subject (whole-volume Dice, raw maps), pooled over folds:
+    OUT/views/<row>_<pair>/<subject>_view.html, from the maps the evaluation scored; linked from the entry."""
+    from mmccd.evaluation.postprocess import PostProcess
+    from mmccd.pipeline.evaluate import EvaluationKey
+    from mmccd.pipeline.views import subject_view, worst_and_best
+    from mmccd.scoring.slices import find_cache
+
+    slices = "all"
+    for e in entries:
+        if e["test_set"] != internal or e["postprocess"] != raw or slices not in e["per_subject_dice"]:
+            continue
+        rows = [{"subject_id": s, "dice": d} for s, d in e["per_subject_dice"][slices].items()]
+        group = [s for s in specs if s.name == e["method"] and s.pair == e["pair"] and s.seed == specs[0].seed]
+        made = {}
+        for sid in worst_and_best(rows):
+            spec = next((s for s in group if sid in s.split.test), None)
+            ev = evals[spec][(internal, slices, raw)] if spec is not None else None
+            if ev is None or "evaluation_settings" not in ev.summary:
+                continue
+            key = EvaluationKey.from_dict(ev.summary["evaluation_settings"])
+            cached = find_cache(spec.run, "test", slices, key.maps("test"))
+            if cached is None:
+                continue
+            idx = [i for i, s in enumerate(cached.subject_ids) if s == sid]
+            dice = e["per_subject_dice"][slices][sid]
+            path = subject_view(out / "views" / f"{e['method']}_{e['pair'].replace(':', '-')}", store, sid,
+                                e["source"], ev.summary["threshold"],
+                                f"{sid} — {e['method']}, {e['source']} → {e['target']}, whole-volume Dice {dice:.3f} "
+                                f"at its fold's validation threshold", PostProcess(),
+                                (np.asarray([cached.slice_indices[i] for i in idx]), cached.maps[idx]))
+            if path is not None:
+                made[sid] = str(path.relative_to(out))
+        e["views"] = made
+
+
+__all__ = ["add_base_comparisons", "add_paired_comparisons", "make_entries", "protocol_keys", "seed_study",
+           "subject_rows", "training_time", "write_views"]

@@ -44,7 +44,7 @@ from mmccd.pipeline.benchmark.plan import (
     split_variant,
 )
 from mmccd.pipeline.benchmark.report import describe_scoring, write_results
-from mmccd.pipeline.benchmark.results import make_entries, seed_study
+from mmccd.pipeline.benchmark.results import make_entries, seed_study, write_views
 from mmccd.pipeline.evaluate import prepare_test_store
 from mmccd.provenance import code_version
 from mmccd.scoring import resolve_scoring
@@ -167,6 +167,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     entries.sort(key=lambda e: (listed.index((e["method"], e["pair"])), e["test_set"] != INTERNAL,
                                 e["postprocess"] != pps[0].describe()))
     seeds_table = seed_study(specs, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
+    write_views(out, entries, specs, evals, INTERNAL, pps[0].describe(), store)
     meta = {
         "command": benchmark_command(data, out, preset, methods, list(pairs), test_data, postprocess, protocols,
                                      scoring, folds, profiles, seeds, jobs, Path(test_layout) if test_layout else None),
