@@ -124,8 +124,9 @@ class ScoreConfig:
     compile: bool = False  # torch.compile the networks (opt-in: minutes of compile time)
     seed: int = 0
     # beyond the paper (docs/quality.md): each off by default
-    calibration: Literal["none", "intensity"] = "none"  # score relative to healthy validation tissue (calibration.py)
+    calibration: Literal["none", "intensity", "intensity-edge"] = "none"  # relative to healthy tissue (calibration.py)
     calibration_bins: int = 32  # source-intensity bins of the healthy calibration
+    calibration_edge_bins: int = 4  # "intensity-edge": gradient-magnitude bins (healthy quantiles) per intensity bin
     refine_iterations: int = 0  # MMCCD: iterative mask refinement after the first map (IterMask-style); 0 = off
     refine_quantile: float = 0.9  # ... pixels above this quantile of a slice's first map stay hidden at first
 

@@ -74,6 +74,27 @@ def test_calibration_maps_healthy_scores_to_zero_mean_unit_std_per_intensity():
     assert np.array_equal(back.mean, table.mean) and np.array_equal(back.std, table.std)
 
 
+def test_edge_calibration_bins_by_intensity_and_gradient():
+    rng = np.random.default_rng(1)
+    source = np.clip(np.cumsum(rng.normal(0, 0.15, (12, 24, 24)), axis=2) * 0.3, -1, 1)  # smooth-ish, with edges
+    from mmccd.scoring.calibration import gradient_magnitude
+
+    grad = gradient_magnitude(source)
+    scores = 0.1 + 5 * grad + 0.02 * rng.standard_normal(source.shape)  # healthy error is large on edges
+    brain = np.ones_like(source, dtype=bool)
+    table = IntensityCalibration.fit(scores, source, brain, bins=4, edge_bins=3)
+    assert table.edge_bins == 3 and len(table.mean) == 12 and len(table.edges) == 2
+    z = table.apply_numpy(scores, source, brain)
+    plain = IntensityCalibration.fit(scores, source, brain, bins=4).apply_numpy(scores, source, brain)
+    # edges no longer stand out: the correlation of the calibrated score with the gradient drops
+    assert abs(np.corrcoef(z.ravel(), grad.ravel())[0, 1]) < 0.5 * abs(np.corrcoef(plain.ravel(), grad.ravel())[0, 1])
+    t = table.apply(torch.from_numpy(scores).float()[:, None], torch.from_numpy(source).float()[:, None],
+                    torch.from_numpy(brain)[:, None])
+    np.testing.assert_allclose(t[:, 0].numpy(), z, rtol=1e-3, atol=1e-3)
+    back = IntensityCalibration.from_arrays(table.to_arrays())
+    assert np.array_equal(back.edges, table.edges)
+
+
 def test_thin_bins_borrow_their_nearest_neighbour():
     source = np.concatenate([np.full(200, -0.9), np.full(200, 0.9)]).reshape(1, 20, 20)
     scores = np.where(source > 0, 2.0, 1.0) + np.linspace(0, 0.1, 400).reshape(1, 20, 20)

@@ -40,9 +40,10 @@ def fit_calibration(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig)
     store, split = run_store(run_dir), run_split(run_dir)
     base = uncalibrated(settings)
     key = hashlib.sha256(json.dumps({"checkpoints": checkpoint_digests(run_dir), "score": to_dict(base),
-                                     "bins": settings.calibration_bins, "val": store.identity(split.val)},
+                                     "mode": settings.calibration, "bins": settings.calibration_bins,
+                                     "edge_bins": settings.calibration_edge_bins, "val": store.identity(split.val)},
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = Path(run_dir) / "calibration" / f"intensity-{key}.npz"
+    path = Path(run_dir) / "calibration" / f"{settings.calibration}-{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return IntensityCalibration.from_arrays(dict(z))
@@ -51,7 +52,8 @@ def fit_calibration(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig)
                           desc="calibrate on healthy validation slices")
     sources = np.stack([np.asarray(store.images(sid)[p, store.modalities.index(cfg.source)], dtype=np.float32)
                         for sid, p in _positions(store, healthy)])
-    table = IntensityCalibration.fit(healthy.maps, sources, healthy.brain, settings.calibration_bins,
+    edge_bins = settings.calibration_edge_bins if settings.calibration == "intensity-edge" else 1
+    table = IntensityCalibration.fit(healthy.maps, sources, healthy.brain, settings.calibration_bins, edge_bins,
                                      fitted_on=f"{len(healthy)} tumour-free slices of {len(split.val)} validation "
                                                f"subjects ({', '.join(split.val)})")
     buf = io.BytesIO()
