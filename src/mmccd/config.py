@@ -127,6 +127,7 @@ class ScoreConfig:
     calibration: Literal["none", "intensity", "intensity-edge"] = "none"  # relative to healthy tissue (calibration.py)
     calibration_bins: int = 32  # source-intensity bins of the healthy calibration
     calibration_edge_bins: int = 4  # "intensity-edge": gradient-magnitude bins (healthy quantiles) per intensity bin
+    extra_targets: tuple[Modality, ...] = ()  # MMCCD: more target contrasts (their runs beside this one), combined
     refine_iterations: int = 0  # MMCCD: iterative mask refinement after the first map (IterMask-style); 0 = off
     refine_quantile: float = 0.9  # ... pixels above this quantile of a slice's first map stay hidden at first
 
@@ -324,6 +325,9 @@ def validate_score(sc: ScoreConfig) -> None:
     for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask", "calibration_bins"):
         if getattr(sc, key) < 1:
             raise ConfigError(f"score.{key}: expected an integer >= 1, found {getattr(sc, key)}")
+    if sc.extra_targets and sc.calibration == "none":
+        raise ConfigError("score.extra_targets combines the maps of several targets on one scale: it needs "
+                          "score.calibration (intensity or intensity-edge)")
     if sc.refine_iterations < 0 or not 0.0 < sc.refine_quantile < 1.0:
         raise ConfigError(f"score.refine_iterations >= 0 and 0 < score.refine_quantile < 1 expected, found "
                           f"{sc.refine_iterations} and {sc.refine_quantile}")

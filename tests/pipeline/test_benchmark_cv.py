@@ -191,3 +191,22 @@ def test_test_data_in_another_layout_with_a_binary_lesion_mask(cv, tmp_path):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n_test_subjects"] == 2 and metrics["evaluation_settings"]["splits"]["test"]["ids"] == [
         "sub-00", "sub-01"]
+
+
+def test_a_multi_target_variant_trains_its_other_targets_and_compares_with_plain_mmccd(tmp_path):
+    write_phantom_dataset(tmp_path / "cases", n_cases=6, seed=6, shape=(48, 48, 32))
+    (tmp_path / "preset.yaml").write_text(PRESET)
+    (tmp_path / "multi.yaml").write_text("extends: preset.yaml\nscore: {num_masks: 8, ddim_steps: 1, timestep_spacing: "
+                                         "trailing, composite: true, calibration: intensity, calibration_bins: 8, "
+                                         "extra_targets: [t1]}\n")
+    entries = run_benchmark(tmp_path / "cases", tmp_path / "out", preset=tmp_path / "preset.yaml", folds=2,
+                            methods=["mmccd", f"mmccd@{tmp_path / 'multi.yaml'}"], protocols=["max_tumour"])
+    assert [e["method"] for e in entries] == ["mmccd", "mmccd@multi"]  # the FLAIR -> T1 runs are no row
+    for k in range(2):
+        fold = tmp_path / "out" / "runs" / f"fold-{k}"
+        assert (fold / "mmccd_flair-t1" / "checkpoints" / "source_to_target.pt").exists()
+        assert len(list((fold / "mmccd_flair-t1" / "calibration").glob("*.npz"))) == 1  # its own healthy table
+        metrics = json.loads((fold / "mmccd_flair-t2" / "eval-max_tumour@multi" / "metrics.json").read_text())
+        assert metrics["score_config"]["extra_targets"] == ["t1"]
+    variant = entries[1]
+    assert variant["vs_base"]["max_tumour"]["base"] == "mmccd" and variant["vs_base"]["max_tumour"]["n"] == 6

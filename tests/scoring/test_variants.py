@@ -166,3 +166,25 @@ class _Negate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return -x
 
+
+
+# ---------------------------------------------------------------- multi-target cycles
+
+
+def test_multi_target_combination_is_the_mean_of_the_calibrated_maps():
+    from mmccd.scoring.calibration import MultiTarget
+
+    batch = slices(1)
+    method_a, method_b = make_method(), make_method()
+    with torch.no_grad():  # a second, different network
+        for p in method_b.nets.parameters():
+            p.add_(0.01)
+    flat = lambda mean, std: IntensityCalibration(np.full(4, mean, np.float32), np.full(4, std, np.float32),  # noqa: E731
+                                                  np.full(4, 100))
+    a, b = Calibrated(method_a, flat(0.1, 2.0)), Calibrated(method_b, flat(-0.3, 0.5))
+    settings = method_a.cfg.score
+    raw_a = method_a.score(batch, settings, torch.Generator().manual_seed(0)).anomaly_map
+    raw_b = method_b.score(batch, settings, torch.Generator().manual_seed(0)).anomaly_map
+    expected = ((raw_a - 0.1) / 2.0 + (raw_b + 0.3) / 0.5) / 2 * batch.brain_mask  # by hand: mean of two z-scores
+    got = MultiTarget({"t2": a, "t1": b}).score(batch, settings, torch.Generator().manual_seed(0)).anomaly_map
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ import numpy as np
 from mmccd.atomic import atomic_write_bytes
 from mmccd.config import ScoreConfig, to_dict
 from mmccd.scoring.base import AnomalyMethod
-from mmccd.scoring.calibration import Calibrated, IntensityCalibration
+from mmccd.scoring.calibration import Calibrated, IntensityCalibration, MultiTarget
 from mmccd.scoring.slices import score_split
 
 log = logging.getLogger("mmccd")
@@ -28,7 +28,7 @@ log = logging.getLogger("mmccd")
 
 def uncalibrated(settings: ScoreConfig) -> ScoreConfig:
     """The same settings without the calibration (what the table is fitted on)."""
-    return dataclasses.replace(settings, calibration="none")
+    return dataclasses.replace(settings, calibration="none", extra_targets=())
 
 
 def fit_calibration(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig) -> IntensityCalibration:
@@ -38,7 +38,7 @@ def fit_calibration(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig)
     from mmccd.pipeline.runs import run_split, run_store
 
     store, split = run_store(run_dir), run_split(run_dir)
-    base = uncalibrated(settings)
+    base = dataclasses.replace(uncalibrated(settings), extra_targets=())
     key = hashlib.sha256(json.dumps({"checkpoints": checkpoint_digests(run_dir), "score": to_dict(base),
                                      "mode": settings.calibration, "bins": settings.calibration_bins,
                                      "edge_bins": settings.calibration_edge_bins, "val": store.identity(split.val)},
@@ -71,11 +71,35 @@ def _positions(store, split) -> list[tuple[str, int]]:  # noqa: ANN001 — (Prep
     return out
 
 
+def sibling_run(run_dir: Path, target: str) -> Path:
+    """The run beside `run_dir` of the same method and source with another target contrast."""
+    from mmccd.pipeline.runs import read_run_config
+
+    cfg = read_run_config(run_dir)
+    return Path(run_dir).parent / f"{cfg.method}_{cfg.source}-{target}"
+
+
 def scorer(run_dir: Path, method: AnomalyMethod, settings: ScoreConfig) -> AnomalyMethod:
-    """What scores with `settings`: the method, or the method with its calibration table."""
+    """What scores with `settings`: the method, the method with its calibration table, or with
+    `extra_targets` the calibrated methods of every target (the sibling runs beside this one) combined."""
     if settings.calibration == "none":
         return method
-    return Calibrated(method, fit_calibration(run_dir, method, settings))
+    single = dataclasses.replace(settings, extra_targets=())
+    own = Calibrated(method, fit_calibration(run_dir, method, single))
+    if not settings.extra_targets:
+        return own
+    from mmccd.errors import ConfigError
+    from mmccd.pipeline.runs import load_method
+
+    members = {method.cfg.target: own}
+    for target in settings.extra_targets:
+        other = sibling_run(run_dir, target)
+        if not (other / "config.yaml").exists():
+            raise ConfigError(f"score.extra_targets: {target} needs the run {other} ({method.cfg.method} "
+                              f"{method.cfg.source} -> {target}, trained on the same subjects) beside {run_dir}")
+        sibling = load_method(other, str(method.device))
+        members[target] = Calibrated(sibling, fit_calibration(other, sibling, single))
+    return MultiTarget(members)
 
 
 __all__ = ["fit_calibration", "scorer", "uncalibrated"]

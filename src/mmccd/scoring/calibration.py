@@ -158,4 +158,35 @@ class Calibrated(AnomalyMethod):
                            out.reconstruction)
 
 
-__all__ = ["Calibrated", "IntensityCalibration", "bin_index", "gradient_magnitude"]
+class MultiTarget(AnomalyMethod):
+    """Several calibrated members (one source, one target contrast each): the map is the mean of their
+    calibrated maps, z = mean_k z_k — each member's score relative to its own healthy distribution, so the maps
+    are on one scale before they are combined. Intermediate images are the first member's."""
+
+    def __init__(self, members: dict[str, Calibrated]):
+        first = next(iter(members.values()))
+        super().__init__(first.cfg)
+        self.members = members
+        self.name = first.name
+        for target, member in members.items():
+            for key, net in member.nets.items():
+                self.nets[f"{target}__{key}"] = net
+
+    def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
+                   generator: torch.Generator | None) -> ScoreOutput:
+        outs, state, after = [], None if generator is None else generator.get_state(), None
+        for target, member in self.members.items():
+            own = {k.split("__", 1)[1]: v for k, v in nets.items() if k.startswith(f"{target}__")}
+            g = None
+            if generator is not None:  # each member draws what it would draw alone
+                g = torch.Generator(device=generator.device)
+                g.set_state(state)
+            outs.append(member.score_with(own, batch, settings, g))
+            after = after if after is not None or g is None else g.get_state()
+        if generator is not None and after is not None:
+            generator.set_state(after)  # the next batch continues as after one member
+        amap = torch.stack([o.anomaly_map for o in outs]).mean(0)
+        return ScoreOutput(amap, outs[0].translation, outs[0].reconstruction)
+
+
+__all__ = ["Calibrated", "IntensityCalibration", "MultiTarget", "bin_index", "gradient_magnitude"]

@@ -102,9 +102,10 @@ def evaluate_spec(spec: RunSpec, plan: EvalPlan) -> dict[tuple[str, str, str], E
 
 
 def run_spec(prepared: Path, spec: RunSpec, plan: EvalPlan) -> str:
-    """One job: train (or reuse) then evaluate (or reuse). Returns the run's label."""
+    """One job: train (or reuse) then evaluate (or reuse; a supporting run is not evaluated). Returns its label."""
     ensure_trained(prepared, spec)
-    evaluate_spec(spec, plan)
+    if not spec.support:
+        evaluate_spec(spec, plan)
     return spec.label
 
 
@@ -112,7 +113,7 @@ def _after(spec: RunSpec, specs: Sequence[RunSpec]) -> set[Path]:
     """The runs of `specs` that must be finished first: the one whose network `spec` reuses, and the plain
     method's run that a scoring-only variant evaluates."""
     planned = {s.run for s in specs if not s.shares_run}
-    need = {spec.reuse} if spec.reuse is not None else set()
+    need = ({spec.reuse} if spec.reuse is not None else set()) | set(spec.after)
     if spec.shares_run:
         need.add(spec.run)
     return need & planned

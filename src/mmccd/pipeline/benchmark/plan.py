@@ -78,6 +78,8 @@ class RunSpec:
     cfg: ExperimentConfig
     variant: str | None = None  # METHOD@PRESET: the preset this variant is trained and scored with
     shares_run: bool = False  # a variant that only scores differently: it evaluates the plain method's run
+    support: bool = False  # trained for another row's sake (a multi-target variant's other targets): no row itself
+    after: tuple[Path, ...] = ()  # runs it needs finished first, beyond `reuse` (a multi-target variant's others)
 
     @property
     def pair(self) -> str:
@@ -133,7 +135,25 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
                 spec = RunSpec(method, source, target, fold, seed, split, folder, reuse, cfg, variant, trains_like_plain)
                 name = method if variant is None or trains_like_plain else spec.name
                 specs.append(dataclasses.replace(spec, run=folder / run_name(name, source, target)))
-    return specs
+    return _with_supporting_runs(specs, preset)
+
+
+def _with_supporting_runs(specs: list[RunSpec], preset: str | Path) -> list[RunSpec]:
+    """A multi-target variant (score.extra_targets) scores with the runs of its other targets beside its own:
+    plan them (trained, not reported) where the benchmark does not already, and run the variant after them."""
+    out, planned = [], {s.run for s in specs}
+    for spec in specs:
+        extra = spec.cfg.score.extra_targets
+        siblings = tuple(spec.run.parent / run_name(spec.method, spec.source, t) for t in extra)
+        for target, run in zip(extra, siblings, strict=True):
+            if run not in planned:
+                cfg = load_config(preset, {"method": spec.method, "source": spec.source, "target": target,
+                                           "train": {"seed": spec.seed}})
+                out.append(RunSpec(spec.method, spec.source, target, spec.fold, spec.seed, spec.split, run, None, cfg,
+                                   support=True))
+                planned.add(run)
+        out.append(dataclasses.replace(spec, after=siblings) if siblings else spec)
+    return out
 
 
 def training_part(cfg: ExperimentConfig) -> dict:

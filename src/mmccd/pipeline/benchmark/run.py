@@ -159,15 +159,16 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
         return []
     run_all(out / "prepared", specs, plan, jobs=jobs)
 
-    evals = {spec: evaluate_spec(spec, plan) for spec in specs}  # all reused: read back from their folders
+    reported = [s for s in specs if not s.support]
+    evals = {spec: evaluate_spec(spec, plan) for spec in reported}  # all reused: read back from their folders
     main_seed = {f"{s}:{t}": load_config(preset, {"source": s, "target": t}).train.seed for s, t, _ in pair_specs}
-    entries = make_entries(specs, evals, out, protocols, [pp.describe() for pp in pps],
+    entries = make_entries(reported, evals, out, protocols, [pp.describe() for pp in pps],
                            [t.label for t in test_sets], main_seed, describe_scoring)
     listed = [(row_name(m), f"{s}:{t}") for s, t, ms in pair_specs for m in ms]  # the order the user gave
     entries.sort(key=lambda e: (listed.index((e["method"], e["pair"])), e["test_set"] != INTERNAL,
                                 e["postprocess"] != pps[0].describe()))
-    seeds_table = seed_study(specs, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
-    write_views(out, entries, specs, evals, INTERNAL, pps[0].describe(), store)
+    seeds_table = seed_study(reported, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
+    write_views(out, entries, reported, evals, INTERNAL, pps[0].describe(), store)
     meta = {
         "command": benchmark_command(data, out, preset, methods, list(pairs), test_data, postprocess, protocols,
                                      scoring, folds, profiles, seeds, jobs, Path(test_layout) if test_layout else None),
