@@ -113,3 +113,21 @@ def test_broken_or_foreign_model_files_get_clear_errors(trained, tmp_path):
         load_model(_write(tmp_path / "wider.mmccd", wider))
     with pytest.raises(CheckpointError, match="does not exist.*mmccd export"):
         load_model(tmp_path / "missing.mmccd")
+
+
+def test_a_multi_target_model_bundles_its_targets_and_scores_like_its_runs(trained, tmp_path):
+    root = trained
+    runs = tmp_path / "runs"
+    import shutil
+
+    shutil.copytree(root / "run", runs / "mmccd_flair-t2")
+    train_run(root / "prepared", runs / "mmccd_flair-t1",
+              load_config(root / "preset.yaml", {"method": "mmccd", "target": "t1"}))
+    model = export_run(runs / "mmccd_flair-t2", tmp_path / "multi.mmccd", "fast-cal-multi")
+    loaded = load_model(model, "cpu")
+    assert set(loaded.method.members) == {"t2", "t1"} and loaded.settings.extra_targets == ("t1",)
+    case = sorted((root / "cases").iterdir())[2]
+    score_cases(runs / "mmccd_flair-t2", [case], tmp_path / "by-run", scoring="fast-cal-multi", view=False,
+                threshold=loaded.threshold)
+    score_cases(None, [case], tmp_path / "by-model", model=model, view=False)
+    assert np.array_equal(_map(tmp_path / "by-run", case), _map(tmp_path / "by-model", case))

@@ -10,6 +10,7 @@ its terms), the code version and when it was made. Built-in models ship inside t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import gzip
 import io
@@ -31,13 +32,14 @@ from mmccd.errors import CheckpointError, ConfigError, DataError
 from mmccd.evaluation.protocol import records_from_arrays
 from mmccd.evaluation.thresholds import choose_threshold
 from mmccd.pipeline.calibrate import fit_calibration
+from mmccd.pipeline.calibrate import scorer as pipeline_scorer
 from mmccd.pipeline.runs import load_method, read_run_info, run_split, run_store
 from mmccd.pipeline.score import find_threshold
 from mmccd.provenance import code_version
 from mmccd.runtime import resolve_device
 from mmccd.scoring import build_method, resolve_scoring
 from mmccd.scoring.base import AnomalyMethod
-from mmccd.scoring.calibration import Calibrated, IntensityCalibration
+from mmccd.scoring.calibration import Calibrated, IntensityCalibration, MultiTarget
 from mmccd.scoring.slices import score_split
 
 log = logging.getLogger("mmccd")
@@ -87,10 +89,11 @@ def export_run(run_dir: Path, out: Path, scoring: str | Path | None = "auto", *,
     method = load_method(run_dir, "cpu")
     cfg = method.cfg
     settings = resolve_scoring(cfg, scoring)
-    table = fit_calibration(run_dir, method, settings) if settings.calibration != "none" else None
-    scorer: AnomalyMethod = Calibrated(method, table) if table is not None else method
+    single = dataclasses.replace(settings, extra_targets=())
+    table = fit_calibration(run_dir, method, single) if settings.calibration != "none" else None
+    scoring_method = pipeline_scorer(run_dir, method, settings)
     if threshold is None:
-        threshold, threshold_from = validation_threshold(run_dir, scorer, settings)
+        threshold, threshold_from = validation_threshold(run_dir, scoring_method, settings)
     else:
         threshold_from = "given at export (--threshold)"
     info = read_run_info(run_dir)
@@ -102,12 +105,12 @@ def export_run(run_dir: Path, out: Path, scoring: str | Path | None = "auto", *,
         "method": cfg.method, "source": cfg.source, "target": cfg.target,
         "config": to_dict(cfg), "score": to_dict(settings), "prepare": to_dict(cfg.prepare),
         "threshold": float(threshold), "threshold_from": threshold_from,
-        "weights": {name: {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                           for k, v in net.state_dict().items()} for name, net in method.nets.items()},
+        "weights": _weights(method, dtype),
         "weights_dtype": "float16" if half else "float32",
         "calibration": None if table is None else {k: torch.from_numpy(np.asarray(v)) for k, v in
                                                    table.to_arrays().items() if k != "fitted_on"},
         "calibration_fitted_on": None if table is None else table.fitted_on,
+        "extra_members": {t: _member(m) for t, m in getattr(scoring_method, "members", {}).items() if t != cfg.target},
         "training_data": {"description": description or f"the {len(split.train)} training subjects of {split.name} "
                                                         f"of the prepared store {info.get('prepared')}",
                           "train_subjects": list(split.train), "val_subjects": list(split.val),
@@ -119,6 +122,29 @@ def export_run(run_dir: Path, out: Path, scoring: str | Path | None = "auto", *,
     atomic_write_bytes(out, gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
     log.info("exported %s -> %s (%.1f MB)", run_dir, out, out.stat().st_size / 1e6)
     return out
+
+
+def _weights(method: AnomalyMethod, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+                   for k, v in net.state_dict().items()} for name, net in method.nets.items()}
+
+
+def _member(member: Calibrated) -> dict[str, Any]:
+    """One more target of a multi-target model: its config, float32 weights and calibration table."""
+    return {"config": to_dict(member.base.cfg), "weights": _weights(member.base, torch.float32),
+            "calibration": {k: torch.from_numpy(np.asarray(v)) for k, v in member.table.to_arrays().items()
+                            if k != "fitted_on"}, "calibration_fitted_on": member.table.fitted_on}
+
+
+def _load_member(payload: dict[str, Any], path: Path, device: str | None) -> Calibrated:
+    cfg = from_dict(payload["config"], where=f"{path}: config")
+    method = build_method(cfg)
+    for name, net in method.nets.items():
+        load_state_checked(net, {k: v.float() for k, v in payload["weights"][name].items()}, path,
+                           f"{cfg.method} {cfg.source}->{cfg.target} {name} network")
+    method = method.to(resolve_device(device or "auto")).eval()
+    arrays = {k: v.numpy() for k, v in payload["calibration"].items()}
+    return Calibrated(method, IntensityCalibration.from_arrays({**arrays, "fitted_on": payload["calibration_fitted_on"]}))
 
 
 def builtin_path(name: str) -> Path:
@@ -170,7 +196,10 @@ def load_model(model: str | Path, device: str | None = "auto") -> Model:
         arrays = {k: v.numpy() for k, v in payload["calibration"].items()}
         method = Calibrated(method, IntensityCalibration.from_arrays(
             {**arrays, "fitted_on": payload.get("calibration_fitted_on") or ""}))
-    info = {k: v for k, v in payload.items() if k not in ("weights", "calibration")}
+    if payload.get("extra_members"):
+        method = MultiTarget({cfg.target: method, **{t: _load_member(m, path, device)
+                                                      for t, m in payload["extra_members"].items()}})
+    info = {k: v for k, v in payload.items() if k not in ("weights", "calibration", "extra_members")}
     return Model(method, settings, payload.get("threshold"), info, path)
 
 
