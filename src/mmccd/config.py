@@ -102,6 +102,10 @@ class TrainConfig:
     num_workers: int = 0
     amp: Amp = "none"  # fp16 only on CUDA; "auto": bf16 where native (runtime.autocast_dtype)
     augment_flip: bool = True  # random left-right flip of training slices
+    # beyond the paper (docs/quality.md): the forward networks learn from a source corrupted by coarse noise, as the
+    # DAE does (Kascenas et al. 2022), so at test time they translate what they cannot explain as if healthy
+    source_noise_std: float = 0.0  # std of the coarse noise added inside the brain to the forward net's source; 0 = off
+    source_noise_resolution: int = 16  # its grid (px across), upsampled bilinearly
 
 
 @dataclass(frozen=True)

@@ -188,3 +188,32 @@ def test_multi_target_combination_is_the_mean_of_the_calibrated_maps():
     expected = ((raw_a - 0.1) / 2.0 + (raw_b + 0.3) / 0.5) / 2 * batch.brain_mask  # by hand: mean of two z-scores
     got = MultiTarget({"t2": a, "t1": b}).score(batch, settings, torch.Generator().manual_seed(0)).anomaly_map
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- coarse noise on the forward networks' source
+
+
+@pytest.mark.parametrize("name", ["mmccd", "cyclic-unet"])
+def test_source_noise_corrupts_only_the_forward_networks_input(name):
+    from mmccd.scoring import build_method
+    from mmccd.scoring.cyclic_unet import noisy_source
+
+    cfg = merge(ExperimentConfig(), {**TINY, "method": name})
+    noisy_cfg = merge(cfg, {"train": {"source_noise_std": 0.2, "source_noise_resolution": 4}})
+    batch = slices(2)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(noisy_source(batch, cfg.train, g()), batch.source)  # off by default
+    x = noisy_source(batch, noisy_cfg.train, g())
+    assert torch.equal(x, noisy_source(batch, noisy_cfg.train, g()))  # from the generator: reproducible
+    assert torch.equal(x[~batch.brain_mask], batch.source[~batch.brain_mask])  # only inside the brain
+    assert 0.05 < float((x - batch.source)[batch.brain_mask].std()) < 0.3
+    torch.manual_seed(0)
+    plain, noisy = build_method(cfg), build_method(noisy_cfg)
+    noisy.nets.load_state_dict(plain.nets.state_dict())
+    for method in (plain, noisy):
+        for p in method.nets.parameters():
+            if p.dim() > 1 and p.abs().max() == 0:
+                p.data.fill_(0.01)
+    fwd = [m.losses()["source_to_target"](m.nets["source_to_target"], batch, g()) for m in (plain, noisy)]
+    bwd = [m.losses()["target_to_source"](m.nets["target_to_source"], batch, g()) for m in (plain, noisy)]
+    assert not torch.equal(fwd[0], fwd[1]) and torch.equal(bwd[0], bwd[1])  # the backward net learns as before

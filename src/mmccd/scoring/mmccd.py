@@ -41,7 +41,7 @@ from mmccd.models import (
     translation_unet,
 )
 from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput
-from mmccd.scoring.cyclic_unet import backward_translation_loss
+from mmccd.scoring.cyclic_unet import backward_translation_loss, noisy_source
 
 
 def build_forward_model(cfg: ExperimentConfig) -> MaskedConditionalDiffusion:
@@ -66,7 +66,8 @@ class MMCCD(AnomalyMethod):
     def _forward_loss(self, net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
         mask = random_stripe_masks(len(batch), self.cfg.prepare.size, self.stripe_width, generator,
                                    per_batch=self.cfg.diffusion.mask_per_batch, device=batch.source.device)
-        return net.loss(batch.source, batch.target, mask, generator)
+        # with train.source_noise_std > 0 the visible context is corrupted by coarse noise (drawn after the mask)
+        return net.loss(noisy_source(batch, self.cfg.train, generator), batch.target, mask, generator)
 
     def losses(self) -> dict[str, LossFn]:
         return {"source_to_target": self._forward_loss, "target_to_source": backward_translation_loss}
