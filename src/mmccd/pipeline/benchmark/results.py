@@ -68,6 +68,8 @@ def protocol_keys(evals: Sequence[Evaluation], slices: str) -> dict[str, Any]:
         mean, std, n = _mean_std([r.get(metric) for r in rows.values()])
         out.update({key: mean, f"{key}_std": std, f"{key}_n": n})
     oracle, _, _ = _mean_std([ev.summary.get("oracle_dice_test") for ev in evals])
+    val, _, _ = _mean_std([ev.summary.get("val_dice_at_threshold") for ev in evals])
+    out[f"val_dice{suffix}"] = val  # validation subjects only: what a choice between variants may look at
     pooled = {m: _mean_std([ev.summary.get(f"pooled_{m}") for ev in evals])[0] for m in ("dice", "auroc", "auprc")}
     slice_mean, slice_std, _ = _mean_std([ev.summary.get("slice_mean_dice") for ev in evals])
     out.update({
