@@ -78,13 +78,17 @@ def _outputs(root: Path, method: str) -> dict:
         torch.manual_seed(0)
         train_run(root / "prepared", run, load_config(preset, {"method": method}))
     settings = resolve_scoring(read_run_config(run), scoring)
-    summary = evaluate_run(run, settings, out_dir=run / f"eval-{scoring}").summary
+    before = {p: p.stat().st_mtime_ns for p in (run / "maps").glob("*.npz")}
+    summary = evaluate_run(run, settings, out_dir=run / f"eval-{scoring}", views="none").summary
     maps = {}
-    for cache in sorted((run / "maps").glob("*.npz")):
+    for cache in sorted((run / "maps").glob("*.npz")):  # the map caches this evaluation wrote
+        if before.get(cache) == cache.stat().st_mtime_ns:
+            continue
         with np.load(cache) as z:
-            maps[cache.stem] = z["maps"].astype(np.float32)
+            maps[cache.stem.rsplit("_", 1)[0]] = z["maps"].astype(np.float32)  # "test_max_tumour_<digest>"
     case = sorted((root / "cases").iterdir())[0]
-    score_cases(run, [case], root / "maps" / f"{method}-{scoring}", scoring=scoring, threshold=summary["threshold"])
+    score_cases(run, [case], root / "maps" / f"{method}-{scoring}", scoring=scoring, threshold=summary["threshold"],
+                view=False)
     written = root / "maps" / f"{method}-{scoring}"
     volume = np.asarray(nib.load(written / f"{case.name}_anomaly.nii.gz").dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(written / f"{case.name}_pred_mask.nii.gz").dataobj)

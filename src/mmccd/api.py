@@ -18,6 +18,7 @@ from mmccd.config import ExperimentConfig, ScoreConfig, load_config
 from mmccd.data.discovery import case_from_path
 from mmccd.data.prepare import prepare_dataset
 from mmccd.evaluation.postprocess import PostProcess
+from mmccd.pipeline.calibrate import scorer
 from mmccd.pipeline.evaluate import Evaluation, evaluate_run
 from mmccd.pipeline.runs import load_method, read_run_config, train_run
 from mmccd.pipeline.score import find_threshold
@@ -73,4 +74,4 @@ class Detector:
         if threshold is None:
             threshold, _ = find_threshold(self.run_dir, settings)
         c = case_from_path(Path(case), modality=self.cfg.source if Path(case).is_file() else None)
-        return score_case(self.method, settings, c, threshold)
+        return score_case(scorer(self.run_dir, self.method, settings), settings, c, threshold)

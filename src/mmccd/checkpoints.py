@@ -21,7 +21,6 @@ from mmccd.provenance import code_version
 
 FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = f"mmccd-checkpoint-v{FORMAT_VERSION}"
-_FORMAT = re.compile(r"mmccd-checkpoint-v(\d+)$")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -64,11 +63,13 @@ def save_checkpoint(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim
 
 
 def check_format(found: Any, path: Path, expected: str = CHECKPOINT_FORMAT, what: str = "checkpoint") -> None:
-    """CheckpointError unless `found` (the file's "format" field) is `expected`; a newer version says so."""
+    """CheckpointError unless `found` (the file's "format" field) is `expected` ("<kind>-v<N>"); a file of the
+    same kind with a higher version says it was written by a newer mmccd."""
     if found == expected:
         return
-    match = _FORMAT.match(str(found)) if what == "checkpoint" else None
-    if match and int(match.group(1)) > FORMAT_VERSION:
+    prefix, _, version = expected.rpartition("-v")
+    match = re.fullmatch(re.escape(prefix) + r"-v(\d+)", str(found))
+    if match and int(match.group(1)) > int(version):
         raise CheckpointError(f"{what} {path} was written by a newer mmccd (format {found}; this version reads "
                               f"{expected}): upgrade mmccd (`pip install -U mmccd`) to read it")
     raise CheckpointError(f"{path} is not an mmccd {what} (expected format {expected}, found "

@@ -21,7 +21,8 @@ EPILOG = """stages, in order:
   prepare   NIfTI cases -> normalised, cropped slice store + subject splits (splits.json)
   train     train a method's networks on healthy slices of the training subjects
   evaluate  threshold on validation subjects, metrics on test subjects, report
-  score     anomaly maps for new cases (NIfTI in the input's voxel grid + PNG montage)
+  score     anomaly maps for new cases (NIfTI in the input's voxel grid, PNG montage, browsable case view)
+  export    a trained run as one model file (`mmccd score --model FILE`; built in: builtin:flair-t2)
   benchmark prepare + train + evaluate several methods and contrast pairs: one results table
   demo      all of the above on a synthetic phantom data set (the embedded default)
 
@@ -157,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "source contrast) and write the map back into the input's voxel grid: "
                                    "<case>_anomaly.nii.gz (float), <case>_pred_mask.nii.gz (binary, at the run's "
                                    "validation threshold) and <case>_montage.png. No segmentation needed.")
-    p.add_argument("--run", required=True, type=Path, help="trained run folder")
+    p.add_argument("--run", type=Path, help="trained run folder")
+    p.add_argument("--model", help="a model file from `mmccd export`, or a built-in model: builtin:flair-t2 "
+                   "(instead of --run; no training needed)")
     p.add_argument("--case", required=True, type=Path, nargs="+",
                    help="case folder(s), single NIfTI file(s) of the source contrast, or a folder of case folders")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -168,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "run's), fast, reference (the published protocol, ~1000x slower), run, or a YAML file")
     p.add_argument("--no-view", action="store_true", help="do not write <case>_view.html (the browsable case view)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs for these cases")
+
+    p = sub.add_parser("export", help="a trained run as one model file (weights, threshold, settings, provenance)",
+                       description="Write one self-describing model file of a trained run: config, EMA weights, the "
+                                   "validation threshold and the score settings it belongs to, the healthy "
+                                   "calibration when used, contrast pair, preprocessing settings, training data and "
+                                   "its terms, code version. Score with it: `mmccd score --model FILE`.")
+    p.add_argument("--run", required=True, type=Path, help="trained run folder")
+    p.add_argument("--out", required=True, type=Path, help="model file to write, e.g. models/mmccd-flair-t2.mmccd")
+    p.add_argument("--scoring", default="auto", metavar="PRESET",
+                   help="the score settings the model ships with (default auto: the method's default)")
+    p.add_argument("--threshold", type=float, help="the threshold to ship (default: the run's validation threshold "
+                   "for these settings, chosen now on its validation volumes if no evaluation made one)")
+    p.add_argument("--half", action="store_true", help="store the weights in float16 (half the size; maps differ "
+                   "from the run's by float16 rounding)")
+    p.add_argument("--description", help="a description of the training data to put in the file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
 
     p = sub.add_parser("benchmark", help="train and evaluate several methods under one protocol: one results table",
                        description="For each contrast pair and method: prepare the data (or reuse OUT/prepared), train "
@@ -311,7 +330,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         with distributed_session(args.device or "auto"):
             summary = score_cases(args.run, args.case, args.out, threshold=args.threshold, device=args.device,
-                                  overwrite=args.overwrite, scoring=args.scoring, view=not args.no_view)
+                                  overwrite=args.overwrite, scoring=args.scoring, view=not args.no_view,
+                                  model=args.model)
             if not is_main():  # every rank holds the merged summary; rank 0 prints it
                 return 1 if summary.skipped and not summary.written else 0
         for case_id, files in summary.written.items():
@@ -319,6 +339,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         for case_id, why in summary.skipped:
             print(f"skipped {case_id}: {why}", file=sys.stderr)
         return 1 if summary.skipped and not summary.written else 0
+    if args.command == "export":
+        from mmccd.pipeline.export import export_run
+
+        path = export_run(args.run, args.out, args.scoring, half=args.half, threshold=args.threshold,
+                          description=args.description, overwrite=args.overwrite)
+        print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB); score with: mmccd score --model {path} "
+              "--case CASE --out maps")
+        return 0
     if args.command == "benchmark":
         from mmccd.evaluation.postprocess import PostProcess
         from mmccd.pipeline.benchmark import run_benchmark

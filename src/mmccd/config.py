@@ -102,6 +102,10 @@ class TrainConfig:
     num_workers: int = 0
     amp: Amp = "none"  # fp16 only on CUDA; "auto": bf16 where native (runtime.autocast_dtype)
     augment_flip: bool = True  # random left-right flip of training slices
+    # beyond the paper (docs/quality.md): the forward networks learn from a source corrupted by coarse noise, as the
+    # DAE does (Kascenas et al. 2022), so at test time they translate what they cannot explain as if healthy
+    source_noise_std: float = 0.0  # std of the coarse noise added inside the brain to the forward net's source; 0 = off
+    source_noise_resolution: int = 16  # its grid (px across), upsampled bilinearly
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,13 @@ class ScoreConfig:
     amp: Amp = "none"  # bf16: CPU with avx512_bf16/AMX, or CUDA · fp16: CUDA · auto: bf16/fp16 where native
     compile: bool = False  # torch.compile the networks (opt-in: minutes of compile time)
     seed: int = 0
+    # beyond the paper (docs/quality.md): each off by default
+    calibration: Literal["none", "intensity", "intensity-edge"] = "none"  # relative to healthy tissue (calibration.py)
+    calibration_bins: int = 32  # source-intensity bins of the healthy calibration
+    calibration_edge_bins: int = 4  # "intensity-edge": gradient-magnitude bins (healthy quantiles) per intensity bin
+    extra_targets: tuple[Modality, ...] = ()  # MMCCD: more target contrasts (their runs beside this one), combined
+    refine_iterations: int = 0  # MMCCD: iterative mask refinement after the first map (IterMask-style); 0 = off
+    refine_quantile: float = 0.9  # ... pixels above this quantile of a slice's first map stay hidden at first
 
 
 @dataclass(frozen=True)
@@ -315,9 +326,15 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def validate_score(sc: ScoreConfig) -> None:
-    for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask"):
+    for key in ("mask_batch", "slice_batch", "ddim_steps", "stripes_per_mask", "calibration_bins"):
         if getattr(sc, key) < 1:
             raise ConfigError(f"score.{key}: expected an integer >= 1, found {getattr(sc, key)}")
+    if sc.extra_targets and sc.calibration == "none":
+        raise ConfigError("score.extra_targets combines the maps of several targets on one scale: it needs "
+                          "score.calibration (intensity or intensity-edge)")
+    if sc.refine_iterations < 0 or not 0.0 < sc.refine_quantile < 1.0:
+        raise ConfigError(f"score.refine_iterations >= 0 and 0 < score.refine_quantile < 1 expected, found "
+                          f"{sc.refine_iterations} and {sc.refine_quantile}")
 
 
 def load_score_preset(preset: str | Path) -> ScoreConfig:

@@ -101,7 +101,7 @@ def test_test_data_cases_are_the_test_subjects_with_the_training_threshold(bench
 
 def test_threshold_is_the_validation_optimum_of_the_cached_maps(bench):
     root, entries = bench
-    path = root / "out" / "runs" / "cyclic-unet_flair-t2" / "maps" / "val_max_tumour.npz"
+    (path,) = (root / "out" / "runs" / "cyclic-unet_flair-t2" / "maps").glob("val_max_tumour_*.npz")
     val = load_cache(path, str(np.load(path)["signature"]))  # the validation maps the benchmark scored
     assert val is not None and set(val.subject_ids) == set(
         json.loads((root / "out" / "prepared" / "splits.json").read_text())["val"])
@@ -191,3 +191,19 @@ def test_results_name_the_code_of_the_call_and_of_each_run(bench):
     assert doc["code_version"] == doc["meta"]["code_version"]  # taken when the call started
     trained = {e["method"]: e["trained_with_code"] for e in entries}
     assert trained["cyclic-unet"] and trained["threshold"]  # every run records the code it was made with
+
+
+def test_score_finds_the_benchmark_threshold_of_a_run(bench, tmp_path):
+    """A run trained by the benchmark has no RUN/metrics.json: `mmccd score` takes the threshold the benchmark
+    chose on validation volumes (eval-all), for maps scored the same way."""
+    from mmccd.pipeline.score import score_cases
+
+    root, entries = bench
+    run = root / "out" / "runs" / "cyclic-unet_flair-t2"
+    assert not (run / "metrics.json").exists()
+    case = sorted((root / "cases").iterdir())[0]
+    summary = score_cases(run, [case], tmp_path / "maps", view=False)
+    assert any(p.name.endswith("_pred_mask.nii.gz") for p in summary.written[case.name])
+    info = json.loads((tmp_path / "maps" / "score_info.json").read_text())
+    assert info["threshold"] == entries[0]["threshold_volume"] and info["threshold_from"].endswith(
+        "eval-all/metrics.json")

@@ -34,9 +34,10 @@ def cv(tmp_path_factory):
     root = tmp_path_factory.mktemp("cv")
     write_phantom_dataset(root / "cases", n_cases=8, seed=2, shape=(48, 48, 32))
     (root / "preset.yaml").write_text(PRESET)
+    (root / "cal.yaml").write_text("extends: preset.yaml\nscore: {calibration: intensity, calibration_bins: 8}\n")
     entries = run_benchmark(root / "cases", root / "out", preset=root / "preset.yaml", folds=2,
-                            methods=["cyclic-unet", "threshold"], pairs=["flair:t2", "t2:flair=threshold"],
-                            profiles=["field"])
+                            methods=["cyclic-unet", "threshold", f"threshold@{root / 'cal.yaml'}"],
+                            pairs=["flair:t2", "t2:flair=threshold"], profiles=["field"])
     return root, entries
 
 
@@ -49,9 +50,9 @@ def test_every_subject_is_tested_once_and_folds_are_reused(cv):
         assert e["folds"] == 2 and e["n_test_subjects"] == 8 and e["n_test_subjects_volume"] == 8
         assert sorted(e["per_subject_dice"]["max_tumour"]) == tested
         assert [r["n"] for r in e["per_fold"]["max_tumour"]] == [len(f["test"]) for f in folds["folds"]]
-    # (cyclic-unet, threshold) on flair:t2 and threshold on t2:flair, raw and post-processed
+    # (cyclic-unet, threshold, its calibrated variant) on flair:t2 and threshold on t2:flair, raw and post-processed
     assert {(e["method"], e["pair"]) for e in entries} == {("cyclic-unet", "flair:t2"), ("threshold", "flair:t2"),
-                                                           ("threshold", "t2:flair")}
+                                                           ("threshold@cal", "flair:t2"), ("threshold", "t2:flair")}
     assert len({e["postprocess"] for e in entries}) == 2
 
 
@@ -68,7 +69,7 @@ def test_each_fold_chooses_its_threshold_on_its_own_validation_subjects(cv):
         assert metrics["evaluation_settings"]["splits"]["test"]["ids"] == fold["test"]
 
         def records(split, run=run):
-            path = run / "maps" / f"{split}_max_tumour.npz"
+            (path,) = (run / "maps").glob(f"{split}_max_tumour_*.npz")  # one scoring of this run
             z = load_cache(path, str(np.load(path)["signature"]))
             return records_from_arrays(z.subject_ids, z.slice_indices, z.maps, z.gt, z.brain)
 
@@ -82,12 +83,26 @@ def test_each_fold_chooses_its_threshold_on_its_own_validation_subjects(cv):
             assert metrics["threshold"] != pytest.approx(test_optimal.threshold)  # the test optimum is not taken
 
 
+def test_a_scoring_variant_evaluates_the_plain_run_with_its_own_calibrated_scores(cv):
+    root, entries = cv
+    run = root / "out" / "runs" / "fold-0" / "threshold_flair-t2"
+    assert not (root / "out" / "runs" / "fold-0" / "threshold@cal_flair-t2").exists()  # no run of its own
+    metrics = json.loads((run / "eval-max_tumour@cal" / "metrics.json").read_text())
+    assert metrics["score_config"]["calibration"] == "intensity" and list((run / "calibration").glob("*.npz"))
+    variant = next(e for e in entries if e["method"] == "threshold@cal" and e["postprocess"] == "none")
+    plain = next(e for e in entries if e["method"] == "threshold" and e["pair"] == "flair:t2" and e["postprocess"] == "none")
+    assert variant["per_subject_dice"]["max_tumour"] != plain["per_subject_dice"]["max_tumour"]
+    c = variant["vs_base"]["max_tumour"]
+    assert c["base"] == "threshold" and c["n"] == 8
+    assert c["mean_diff"] == pytest.approx(variant["dice_val_threshold"] - plain["dice_val_threshold"])
+
+
 def test_tables_compare_with_the_best_and_report_lesions(cv):
     root, entries = cv
     raw = [e for e in entries if e["pair"] == "flair:t2" and e["postprocess"] == "none"]
     best = [e for e in raw if e["vs_best"]["max_tumour"].get("is_best")]
     other = [e for e in raw if not e["vs_best"]["max_tumour"].get("is_best")]
-    assert len(best) == 1 and len(other) == 1
+    assert len(raw) == 3 and len(best) == 1 and len(other) == 2  # the variant is a row of its table too
     c = other[0]["vs_best"]["max_tumour"]
     diffs = [other[0]["per_subject_dice"]["max_tumour"][s] - best[0]["per_subject_dice"]["max_tumour"][s]
              for s in best[0]["per_subject_dice"]["max_tumour"]]
@@ -95,6 +110,10 @@ def test_tables_compare_with_the_best_and_report_lesions(cv):
     assert c["p_value"] is None or 0 < c["p_value"] <= 1
     for e in raw:
         assert 0 <= e["lesion_sensitivity"] <= 1 and e["fp_per_volume"] >= 0 and e["n_lesions"] >= 8
+    report = (root / "out" / "report.html").read_text()
+    for e in raw:  # each method's worst and best subject, browsable, linked from the report
+        assert len(e["views"]) == 2 and all((root / "out" / p).stat().st_size > 1e6 for p in e["views"].values())
+        assert all(p in report for p in e["views"].values())
     md = (root / "out" / "results.md").read_text()
     for text in ("FLAIR input — raw maps", "T2 input — raw maps", "post-processed: field@32px", "vs best (Δ, p)",
                  "lesion sensitivity", "Per fold", "2-fold cross-validation", "0.609", "0.738"):
@@ -172,3 +191,22 @@ def test_test_data_in_another_layout_with_a_binary_lesion_mask(cv, tmp_path):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n_test_subjects"] == 2 and metrics["evaluation_settings"]["splits"]["test"]["ids"] == [
         "sub-00", "sub-01"]
+
+
+def test_a_multi_target_variant_trains_its_other_targets_and_compares_with_plain_mmccd(tmp_path):
+    write_phantom_dataset(tmp_path / "cases", n_cases=6, seed=6, shape=(48, 48, 32))
+    (tmp_path / "preset.yaml").write_text(PRESET)
+    (tmp_path / "multi.yaml").write_text("extends: preset.yaml\nscore: {num_masks: 8, ddim_steps: 1, timestep_spacing: "
+                                         "trailing, composite: true, calibration: intensity, calibration_bins: 8, "
+                                         "extra_targets: [t1]}\n")
+    entries = run_benchmark(tmp_path / "cases", tmp_path / "out", preset=tmp_path / "preset.yaml", folds=2,
+                            methods=["mmccd", f"mmccd@{tmp_path / 'multi.yaml'}"], protocols=["max_tumour"])
+    assert [e["method"] for e in entries] == ["mmccd", "mmccd@multi"]  # the FLAIR -> T1 runs are no row
+    for k in range(2):
+        fold = tmp_path / "out" / "runs" / f"fold-{k}"
+        assert (fold / "mmccd_flair-t1" / "checkpoints" / "source_to_target.pt").exists()
+        assert len(list((fold / "mmccd_flair-t1" / "calibration").glob("*.npz"))) == 1  # its own healthy table
+        metrics = json.loads((fold / "mmccd_flair-t2" / "eval-max_tumour@multi" / "metrics.json").read_text())
+        assert metrics["score_config"]["extra_targets"] == ["t1"]
+    variant = entries[1]
+    assert variant["vs_base"]["max_tumour"]["base"] == "mmccd" and variant["vs_base"]["max_tumour"]["n"] == 6

@@ -110,6 +110,8 @@ class JobSpec:
     run: Path
     label: str
     reuse: Path | None = None
+    after: tuple[Path, ...] = ()
+    shares_run: bool = False
 
 
 def lock_run_and_record(prepared: Path, spec: JobSpec, plan: object) -> str:

@@ -42,11 +42,12 @@ from mmccd.evaluation.lesions import evaluate_lesions, summarise_lesions
 from mmccd.evaluation.postprocess import PostProcess
 from mmccd.evaluation.protocol import postprocess_records, records_from_arrays, threshold_protocol
 from mmccd.evaluation.report import write_report
+from mmccd.pipeline.calibrate import scorer
 from mmccd.pipeline.runs import load_method, read_run_config, read_run_info, run_split, run_store
 from mmccd.pipeline.views import subject_view, worst_and_best
 from mmccd.scoring import resolve_scoring
 from mmccd.scoring.base import AnomalyMethod
-from mmccd.scoring.slices import ScoredSplit, cache_path, load_cache, save_cache, score_split
+from mmccd.scoring.slices import ScoredSplit, cache_path, find_cache, save_cache, score_split
 
 log = logging.getLogger("mmccd")
 METRICS_JSON = "metrics.json"
@@ -73,6 +74,12 @@ class EvaluationKey:
     def as_dict(self) -> dict[str, Any]:
         return {"checkpoints": [list(c) for c in self.checkpoints], "score": self.score, "slices": self.slices,
                 "postprocess": self.postprocess, "eval": self.eval, "splits": self.splits}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationKey:
+        """The key an evaluation recorded (metrics.json "evaluation_settings")."""
+        return cls(tuple(tuple(c) for c in d["checkpoints"]), d["score"], d["slices"], d["postprocess"], d["eval"],
+                   d["splits"])
 
     @property
     def digest(self) -> str:
@@ -172,15 +179,17 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     test_name = "test" if test_store is None else f"test@{t_store.root.name}"
     splits = {"val": (store, val_ids, "val"), "test": (t_store, list(test_ids), test_name)}
     scored: dict[str, ScoredSplit] = {}
+    scoring: AnomalyMethod | None = None
     for split, (split_store, ids, name) in splits.items():
-        path = cache_path(run_dir, name, slices)
-        cached = load_cache(path, key.maps(split))
+        path = cache_path(run_dir, name, slices, key.maps(split))
+        cached = find_cache(run_dir, name, slices, key.maps(split))
         keep = cfg.eval.figure_slices if split == "test" else 0
         if cached is not None and len(cached.figures) >= min(keep, len(cached)):
             scored[split] = cached
             continue
         method = method or load_method(run_dir, device)
-        scored[split] = score_split(method, settings, split_store, ids, cfg.source, cfg.target, slices,
+        scoring = scoring or scorer(run_dir, method, settings)  # with its healthy calibration, when asked
+        scored[split] = score_split(scoring, settings, split_store, ids, cfg.source, cfg.target, slices,
                                     keep_figures=keep, desc=f"score {split}")
         save_cache(path, scored[split], key.maps(split))
 
@@ -227,8 +236,9 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
     if views == "auto" or (views == "cached" and slices == "all"):
         if slices != "all":
             method = method or load_method(run_dir, device)
+            scoring = scoring or scorer(run_dir, method, settings)
         made = _views(out_dir, t_store, scored["test"] if slices == "all" else None, result.per_subject, cfg,
-                      choice.threshold, pp, method, settings)
+                      choice.threshold, pp, scoring, settings)
     write_report(out_dir, result, extra={**summary, "protocol": protocol, "train_seconds": info.get("train_seconds")},
                  views=made)
     return Evaluation(summary, result.per_subject, choice.thresholds, choice.val_curve, protocol_result.test_curve,

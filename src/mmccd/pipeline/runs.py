@@ -205,8 +205,12 @@ def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> 
     if not src.exists():
         return
     other = from_dict(load_checkpoint(src)["config"])
-    same = (other.network == cfg.network and other.train == cfg.train and other.prepare == cfg.prepare
-            and (other.source, other.target) == (cfg.source, cfg.target))
+
+    def backward_part(train: Any) -> Any:  # the source noise is the forward networks' alone
+        return dataclasses.replace(train, source_noise_std=0.0, source_noise_resolution=16)
+
+    same = (other.network == cfg.network and backward_part(other.train) == backward_part(cfg.train)
+            and other.prepare == cfg.prepare and (other.source, other.target) == (cfg.source, cfg.target))
     if same:
         with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
             shutil.copyfile(src, tmp)

@@ -30,6 +30,7 @@ from mmccd.evaluation.figures import montage
 from mmccd.evaluation.viewer import case_view_name, write_case_view
 from mmccd.locks import holds_folder_lock
 from mmccd.memory import OutOfMemoryError
+from mmccd.pipeline.calibrate import scorer
 from mmccd.pipeline.runs import load_method
 from mmccd.progress import progress
 from mmccd.provenance import run_info
@@ -68,7 +69,7 @@ def _file_case(path: Path, source: str) -> Case:
         return case_from_path(path, modality=source)
 
 
-def find_threshold(run_dir: Path, settings: ScoreConfig) -> tuple[float | None, str | None]:
+def find_threshold(run_dir: Path, settings: ScoreConfig, warn: bool = True) -> tuple[float | None, str | None]:
     """The validation threshold chosen for maps scored with `settings`: (threshold, the metrics.json it is from).
 
     Looked up in RUN/metrics.json (`mmccd evaluate`), then the benchmark's evaluations RUN/eval-all/ (whole
@@ -91,6 +92,8 @@ def find_threshold(run_dir: Path, settings: ScoreConfig) -> tuple[float | None, 
             return threshold, str(path.resolve())
         mismatched.append(path)
     how = f"`mmccd evaluate --run {run_dir}` (with the same --scoring) or pass --threshold"
+    if not warn:
+        return None, None
     if mismatched:
         log.warning("the thresholds in %s were chosen on maps scored with other settings, so they do not fit these "
                     "maps: writing float maps only; for a threshold run %s", ", ".join(map(str, mismatched)), how)
@@ -100,21 +103,29 @@ def find_threshold(run_dir: Path, settings: ScoreConfig) -> tuple[float | None, 
 
 
 @holds_folder_lock("out_dir", "score")  # one writer per output folder (locks.py)
-def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: float | None = None,
+def score_cases(run_dir: Path | None, inputs: list[Path], out_dir: Path, threshold: float | None = None,
                 device: str | None = None, overwrite: bool = False, on_error: str = "skip",
-                scoring: str | Path | None = "auto", view: bool = True) -> ScoreSummary:
-    """Score case folders / single NIfTI files with a trained run; one bad case is reported and skipped.
+                scoring: str | Path | None = "auto", view: bool = True, model: str | Path | None = None) -> ScoreSummary:
+    """Score case folders / single NIfTI files with a trained run, or with a model file (`model`, e.g. an
+    `mmccd export` file or "builtin:flair-t2"); one bad case is reported and skipped.
 
-    `scoring`: "auto" (the method's default: `fast` for MMCCD), "run" (the run's own) or a preset whose
-    `score` section is used; the threshold is the run's validation threshold for maps scored that way.
-    view: also write <case>_view.html, the map over the scan in a browser (three planes, NiiVue)."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    method = load_method(run_dir, device)
+    `scoring`: "auto" (the method's default: `fast` for MMCCD; a model file's own settings), "run" (the run's
+    own) or a preset whose `score` section is used; the threshold is the validation threshold for maps scored
+    that way. view: also write <case>_view.html, the map over the scan in a browser (three planes, NiiVue)."""
+    out_dir = Path(out_dir)
+    if (run_dir is None) == (model is None):
+        raise ConfigError("score with a trained run (--run RUN) or a model file (--model FILE), one of the two")
+    if model is not None:
+        method, settings, own, threshold_from, origin = _from_model(model, device, scoring)
+    else:
+        run_dir = Path(run_dir)
+        method = load_method(run_dir, device)
+        settings = resolve_scoring(method.cfg, scoring)
+        method = scorer(run_dir, method, settings)  # with its healthy calibration, when the settings ask
+        own, threshold_from = find_threshold(run_dir, settings) if threshold is None else (None, None)
+        origin = run_dir
     cfg = method.cfg
-    settings = resolve_scoring(cfg, scoring)
-    threshold_from = "argument" if threshold is not None else None
-    if threshold is None:
-        threshold, threshold_from = find_threshold(run_dir, settings)
+    threshold, threshold_from = (threshold, "argument") if threshold is not None else (own, threshold_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ScoreSummary()
     for case in _rank_cases(_expand_inputs(inputs, cfg.source)):
@@ -150,7 +161,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
             if writing:
                 _discard(outputs)
             if on_error == "stop" or isinstance(exc, (DiskFullError, OutOfMemoryError)):  # the next cases would fail too
-                _stop(exc, out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
+                _stop(exc, out_dir, origin, cfg, settings, threshold, threshold_from, summary)
             log.error("%s", exc)
             summary.skipped.append((case.case_id, str(exc)))
         except BaseException:  # Ctrl-C, a bug: no case is left half-written either
@@ -159,7 +170,7 @@ def score_cases(run_dir: Path, inputs: list[Path], out_dir: Path, threshold: flo
             raise
     summary = _merge_ranks(summary)
     if dist_info()[0] == 0 and summary.written:
-        write_score_info(out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
+        write_score_info(out_dir, origin, cfg, settings, threshold, threshold_from, summary)
     return summary
 
 
@@ -168,7 +179,7 @@ def _discard(outputs: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _stop(exc: MmccdError, out_dir: Path, run_dir: Path, cfg: ExperimentConfig, settings: ScoreConfig,
+def _stop(exc: MmccdError, out_dir: Path, origin: Path, cfg: ExperimentConfig, settings: ScoreConfig,
           threshold: float | None, threshold_from: str | None, summary: ScoreSummary) -> NoReturn:
     """Stop scoring at `exc`: the cases finished before it are recorded in score_info.json (one process); a full
     disk or memory says which they are."""
@@ -176,7 +187,7 @@ def _stop(exc: MmccdError, out_dir: Path, run_dir: Path, cfg: ExperimentConfig, 
         raise exc
     if dist_info()[1] == 1:
         try:
-            write_score_info(out_dir, run_dir, cfg, settings, threshold, threshold_from, summary)
+            write_score_info(out_dir, origin, cfg, settings, threshold, threshold_from, summary)
         except MmccdError as again:  # the disk is still full: the error above says what to do
             log.warning("%s", again)
     if not isinstance(exc, (DiskFullError, OutOfMemoryError)):
@@ -187,6 +198,19 @@ def _stop(exc: MmccdError, out_dir: Path, run_dir: Path, cfg: ExperimentConfig, 
     if isinstance(exc, DiskFullError):
         raise disk_full_error(exc.path, exc.needed, exc.at_least, then=f"run the same command again; {kept}") from exc
     raise OutOfMemoryError(f"{exc}; {kept}") from exc
+def _from_model(model: str | Path, device: str | None, scoring: str | Path | None):  # noqa: ANN202
+    """(scorer, settings, threshold, its source, the file) of a model file. Its threshold belongs to its own
+    score settings: other settings (--scoring PRESET) are refused unless a threshold is given."""
+    from mmccd.pipeline.export import load_model
+
+    loaded = load_model(model, device)
+    if scoring not in (None, "auto", "run"):
+        settings = resolve_scoring(loaded.method.cfg, scoring)
+        log.warning("scoring %s with the %s preset's settings, not the ones its threshold was chosen for: writing "
+                    "float maps only (pass --threshold to write a mask)", loaded.path, scoring)
+        return loaded.method, settings, None, None, loaded.path
+    return loaded.method, loaded.settings, loaded.threshold, f"{loaded.path}: {loaded.info.get('threshold_from')}", \
+        loaded.path
 
 
 def _ground_truth(case: Case, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -211,7 +235,7 @@ def write_score_info(out_dir: Path, run_dir: Path, cfg: ExperimentConfig, settin
         previous = json.loads(path.read_text()).get("cases", {}) if path.exists() else {}
     except (OSError, ValueError, AttributeError):
         previous = {}
-    run = str(run_dir.resolve())
+    run = str(Path(run_dir).resolve())
     cases = {**previous, **{case_id: {"run": run, "method": cfg.method, "source": cfg.source, "threshold": threshold,
                                       "files": [p.name for p in files]}
                             for case_id, files in summary.written.items()}}

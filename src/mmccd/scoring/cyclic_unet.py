@@ -9,15 +9,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig, ScoreConfig
+from mmccd.config import ExperimentConfig, ScoreConfig, TrainConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.models import LossFn, translation_loss, translation_unet
 from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
+from mmccd.scoring.baselines.noise import coarse_noise
 
 
-def forward_translation_loss(net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
-    """source -> target (Cyclic UNet's forward network)."""
-    return translation_loss(net, batch.source, batch.target)
+def noisy_source(batch: SliceBatch, train: TrainConfig, generator: torch.Generator) -> Tensor:
+    """The source with coarse noise inside the brain (train.source_noise_std > 0; as the DAE's input), else as is."""
+    x = batch.source
+    if train.source_noise_std <= 0:
+        return x
+    noise = coarse_noise(tuple(x.shape), train.source_noise_resolution, train.source_noise_std, generator, x.device)
+    return x + noise * batch.brain_mask.to(x.dtype)
 
 
 def backward_translation_loss(net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
@@ -34,7 +39,11 @@ class CyclicUNet(AnomalyMethod):
         self.nets["target_to_source"] = translation_unet(cfg.network, cfg.prepare.size)
 
     def losses(self) -> dict[str, LossFn]:
-        return {"source_to_target": forward_translation_loss, "target_to_source": backward_translation_loss}
+        return {"source_to_target": self._forward_loss, "target_to_source": backward_translation_loss}
+
+    def _forward_loss(self, net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
+        """source (with coarse noise when train.source_noise_std > 0) -> target."""
+        return translation_loss(net, noisy_source(batch, self.cfg.train, generator), batch.target)
 
     def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
                    generator: torch.Generator | None) -> ScoreOutput:

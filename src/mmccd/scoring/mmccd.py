@@ -17,7 +17,8 @@ Scoring a batch of slices, step by step (each step a function below):
      (mean error over the masks that hid the pixel);
   4b. `composite_map` (`score.composite`): y_comp = sum_j y_hat_j h_j / sum_j h_j (each pixel imagined by
      the masks that hid it), s_hat = B(y_comp) once per slice; anomaly = (s - s_hat)^2. Not identical to 4a
-     (B is not linear): M - 1 fewer backward passes; its accuracy is measured in docs/speed.md.
+     (B is not linear): M - 1 fewer backward passes; its accuracy is measured in docs/speed.md;
+  5. `refine_map` (`score.refine_iterations` > 0, beyond the paper): iterative mask refinement of the map.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from mmccd.models import (
     translation_unet,
 )
 from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput
-from mmccd.scoring.cyclic_unet import backward_translation_loss
+from mmccd.scoring.cyclic_unet import backward_translation_loss, noisy_source
 
 
 def build_forward_model(cfg: ExperimentConfig) -> MaskedConditionalDiffusion:
@@ -65,7 +66,8 @@ class MMCCD(AnomalyMethod):
     def _forward_loss(self, net: nn.Module, batch: SliceBatch, generator: torch.Generator) -> Tensor:
         mask = random_stripe_masks(len(batch), self.cfg.prepare.size, self.stripe_width, generator,
                                    per_batch=self.cfg.diffusion.mask_per_batch, device=batch.source.device)
-        return net.loss(batch.source, batch.target, mask, generator)
+        # with train.source_noise_std > 0 the visible context is corrupted by coarse noise (drawn after the mask)
+        return net.loss(noisy_source(batch, self.cfg.train, generator), batch.target, mask, generator)
 
     def losses(self) -> dict[str, LossFn]:
         return {"source_to_target": self._forward_loss, "target_to_source": backward_translation_loss}
@@ -95,6 +97,10 @@ class MMCCD(AnomalyMethod):
         finish = composite_map if settings.composite else per_mask_map
         amap, translation, reconstruction = finish(imagined, nets["target_to_source"], source, masks, settings)
         brain = batch.brain_mask.to(source.dtype)
+        if settings.refine_iterations:
+            amap, translation, reconstruction = refine_map(
+                nets["source_to_target"], forward.schedule, nets["target_to_source"], source, batch.brain_mask,
+                masks, amap * brain, translation, reconstruction, streams, settings)
         return ScoreOutput((amap * brain).contiguous(), translation.contiguous(), reconstruction.contiguous())
 
 
@@ -184,6 +190,55 @@ def composite_map(imagined: Iterator[Imagined], backward: nn.Module, source: Ten
     return (src - reconstruction).pow(2), translation, reconstruction
 
 
+def refine_map(forward: nn.Module, schedule: NoiseSchedule, backward: nn.Module, source: Tensor, brain: Tensor,
+               masks: Tensor, first: Tensor, translation: Tensor, reconstruction: Tensor, streams: NoiseStreams,
+               settings: ScoreConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """5. Iterative mask refinement (after IterMask2, Liang et al., arXiv 2406.02422), on the stripe model.
+
+    Notation: q = settings.refine_quantile; per slice i, tau_i = the q-quantile of its first map in the brain.
+      0. hidden_i = brain pixels with first-map score >= tau_i (the candidates); everything else is revealed;
+      1. imagine the target under stripe_j AND hidden_i only, for every stripe j meeting hidden_i: the model
+         sees the source everywhere else, so a candidate gets more context than in the first pass, and the
+         masks stay stripes (what the model was trained on) with part of the stripe visible;
+      2. one backward pass on the translation with those pixels replaced; error e = (s - s_hat)^2;
+      3. a hidden pixel whose new error is below tau_i is revealed (healthy tissue the model can explain
+         once it sees its surroundings); the map keeps each pixel's last error;
+      4. repeat 1-3 for `refine_iterations` rounds, or until nothing is revealed (hidden only shrinks).
+    Noise: stream (slice, (round + 1) * M + j), distinct from the first pass's. Returns (map, translation,
+    reconstruction), each (N, 1, S, S)."""
+    n, m = len(source), len(masks)
+    inside = brain.bool()
+    tau = torch.stack([torch.quantile(first[i][inside[i]].float(), settings.refine_quantile) if inside[i].any()
+                       else first.new_tensor(float("inf")) for i in range(n)]).to(first.dtype)
+    hidden = (first >= tau.view(-1, 1, 1, 1)) & inside
+    current, comp, recon = first.clone(), translation.clone(), reconstruction.clone()
+    stripes = (1.0 - masks).bool()  # (M, 1, S, S) True inside stripe j
+    per_call = settings.mask_batch * settings.slice_batch
+    for rnd in range(settings.refine_iterations):
+        rows = [(i, j) for i in range(n) for j in range(m) if (stripes[j] & hidden[i]).any()]
+        if not rows:
+            break
+        y_sum, cov = torch.zeros_like(source), torch.zeros_like(source)
+        for a in range(0, len(rows), per_call):
+            chunk = rows[a: a + per_call]
+            si = torch.tensor([i for i, _ in chunk], device=source.device)
+            h = torch.stack([(stripes[j] & hidden[i]).to(source.dtype) for i, j in chunk])
+            y_hat = sample_masked(forward, schedule, source[si], 1.0 - h, num_steps=settings.ddim_steps,
+                                  eta=settings.eta, generator=[streams.row(i, (rnd + 1) * m + j) for i, j in chunk],
+                                  x_T=streams.x_T[si], spacing=settings.timestep_spacing)
+            y_sum.index_add_(0, si, y_hat * h)
+            cov.index_add_(0, si, h)
+        comp = torch.where(cov > 0, y_sum / cov.clamp_min(1), comp)
+        recon = torch.cat([backward(comp[k: k + per_call]).to(source.dtype) for k in range(0, n, per_call)])
+        error = (source - recon).pow(2)
+        current = torch.where(hidden, error, current)
+        revealed = hidden & (error < tau.view(-1, 1, 1, 1))
+        hidden = hidden & ~revealed
+        if not revealed.any():
+            break
+    return current, comp, recon
+
+
 def _coverage(masks: Tensor) -> Tensor:
     """(1, S, S): how many masks hide each pixel (at least 1, so a division is safe)."""
     return (1.0 - masks).sum(0).clamp_min(1)
@@ -197,4 +252,5 @@ def _stream(generator: torch.Generator, seed: int, index: int) -> torch.Generato
     return torch.Generator(device=generator.device).manual_seed((z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF)
 
 
-__all__ = ["MMCCD", "build_forward_model", "composite_map", "imagine_targets", "noise_streams", "per_mask_map"]
+__all__ = ["MMCCD", "build_forward_model", "composite_map", "imagine_targets", "noise_streams", "per_mask_map",
+           "refine_map"]

@@ -8,6 +8,7 @@ of a split into numpy arrays (what `mmccd.evaluation` reads), with a cache of th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Iterable, Iterator
@@ -99,8 +100,19 @@ def _stack(parts: list[np.ndarray], dtype: type, size: int) -> np.ndarray:
 # ---------------------------------------------------------------- the map cache
 
 
-def cache_path(run_dir: Path, split: str, slices: str) -> Path:
-    return run_dir / "maps" / f"{split}_{slices}.npz"
+def cache_path(run_dir: Path, split: str, slices: str, signature: str) -> Path:
+    """RUN/maps/<split>_<slices>_<digest of the signature>.npz: maps scored otherwise never replace these."""
+    digest = hashlib.sha256(signature.encode()).hexdigest()[:10]
+    return run_dir / "maps" / f"{split}_{slices}_{digest}.npz"
+
+
+def find_cache(run_dir: Path, split: str, slices: str, signature: str) -> ScoredSplit | None:
+    """The cached maps of a split made with `signature` (also under the name of earlier versions), or None."""
+    for path in (cache_path(run_dir, split, slices, signature), run_dir / "maps" / f"{split}_{slices}.npz"):
+        cached = load_cache(path, signature)
+        if cached is not None:
+            return cached
+    return None
 
 
 def save_cache(path: Path, scored: ScoredSplit, signature: str) -> None:
@@ -134,5 +146,6 @@ def load_cache(path: Path, signature: str) -> ScoredSplit | None:
         return None
 
 
-__all__ = ["SPLIT_BATCH", "VOLUME_BATCH", "ScoredSplit", "cache_path", "load_cache", "save_cache", "score_batches",
+__all__ = ["SPLIT_BATCH", "VOLUME_BATCH", "ScoredSplit", "cache_path", "find_cache", "load_cache", "save_cache",
+           "score_batches",
            "score_split"]

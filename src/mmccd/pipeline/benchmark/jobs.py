@@ -54,9 +54,9 @@ class EvalPlan:
     scoring: str | Path
     device: str | None = None
 
-    def folder(self, run: Path, test_set: TestSet, slices: str, pp: PostProcess) -> Path:
+    def folder(self, run: Path, test_set: TestSet, slices: str, pp: PostProcess, variant: str | None = None) -> Path:
         tag = "" if pp is self.postprocess[0] else f"-{pp.name or 'pp'}"
-        return run / f"{test_set.folder_prefix}{slices}{tag}"
+        return run / f"{test_set.folder_prefix}{slices}{tag}{'@' + variant if variant else ''}"
 
 
 def is_trained(prepared: Path, spec: RunSpec) -> bool:
@@ -72,7 +72,10 @@ def is_trained(prepared: Path, spec: RunSpec) -> bool:
 
 
 def ensure_trained(prepared: Path, spec: RunSpec) -> bool:
-    """Train what is missing in the run (resuming unfinished networks); True if anything was trained."""
+    """Train what is missing in the run (resuming unfinished networks); True if anything was trained. A variant
+    that shares the plain method's run trains nothing (that run is trained by its own job, first)."""
+    if spec.shares_run:
+        return False
     if is_trained(prepared, spec):
         log.info("benchmark: %s is trained; reusing it", spec.run)
         return False
@@ -84,23 +87,36 @@ def evaluate_spec(spec: RunSpec, plan: EvalPlan) -> dict[tuple[str, str, str], E
     """Every evaluation of one trained run, reused when made with the same settings.
 
     Returns {(test set label, slices, postprocess description): Evaluation}."""
-    settings: ScoreConfig = resolve_scoring(read_run_config(spec.run), plan.scoring)
+    # a variant scores with its own preset's score section; the others as the benchmark's --scoring says
+    settings: ScoreConfig = (spec.cfg.score if spec.variant else resolve_scoring(read_run_config(spec.run), plan.scoring))
     out = {}
     for test_set in plan.test_sets:
         for slices in plan.protocols:
             for pp in plan.postprocess:
                 out[(test_set.label, slices, pp.describe())] = evaluate_run(
                     spec.run, settings, slices=slices, device=plan.device, postprocess=pp,
-                    out_dir=plan.folder(spec.run, test_set, slices, pp), test_store=test_set.store,
+                    out_dir=plan.folder(spec.run, test_set, slices, pp, spec.variant_tag if spec.shares_run else None),
+                    test_store=test_set.store,
                     test_ids=list(test_set.ids) if test_set.ids is not None else None, overwrite=True, reuse=True)
     return out
 
 
 def run_spec(prepared: Path, spec: RunSpec, plan: EvalPlan) -> str:
-    """One job: train (or reuse) then evaluate (or reuse). Returns the run's label."""
+    """One job: train (or reuse) then evaluate (or reuse; a supporting run is not evaluated). Returns its label."""
     ensure_trained(prepared, spec)
-    evaluate_spec(spec, plan)
+    if not spec.support:
+        evaluate_spec(spec, plan)
     return spec.label
+
+
+def _after(spec: RunSpec, specs: Sequence[RunSpec]) -> set[Path]:
+    """The runs of `specs` that must be finished first: the one whose network `spec` reuses, and the plain
+    method's run that a scoring-only variant evaluates."""
+    planned = {s.run for s in specs if not s.shares_run}
+    need = ({spec.reuse} if spec.reuse is not None else set()) | set(spec.after)
+    if spec.shares_run:
+        need.add(spec.run)
+    return need & planned
 
 
 def _worker_init(threads: int) -> None:
@@ -125,12 +141,12 @@ def run_all(prepared: Path, specs: Sequence[RunSpec], plan: EvalPlan, jobs: int 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     waiting = list(specs)
     running: dict[Future, RunSpec] = {}
-    done: set[Path] = set()
+    done: set[Path] = set()  # runs whose job finished (a shared run: its plain method's job)
     failed: list[tuple[RunSpec, BaseException]] = []
     ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
         while waiting or running:
-            ready = [s for s in waiting if s.reuse is None or s.reuse in done or s.reuse not in {w.run for w in specs}]
+            ready = [s for s in waiting if _after(s, specs) <= done]
             for spec in ready[: max(0, jobs - len(running))] if not failed else []:
                 waiting.remove(spec)
                 running[pool.submit(job, prepared, spec, plan)] = spec
@@ -142,7 +158,8 @@ def run_all(prepared: Path, specs: Sequence[RunSpec], plan: EvalPlan, jobs: int 
                 spec = running.pop(future)
                 try:
                     future.result()
-                    done.add(spec.run)
+                    if not spec.shares_run:
+                        done.add(spec.run)
                     bar.update(1)
                     log.info("benchmark: finished %s", spec.label)
                 except BaseException as exc:  # the others finish (they resume later); this one is reported

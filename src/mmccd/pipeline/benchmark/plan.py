@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mmccd.checkpoints import load_checkpoint
-from mmccd.config import METHODS, MODALITIES, ExperimentConfig, load_config
+from mmccd.config import METHODS, MODALITIES, ExperimentConfig, load_config, to_dict
 from mmccd.data.batch import SliceBatch
 from mmccd.data.splits import Split
 from mmccd.errors import ConfigError
@@ -27,17 +27,32 @@ DEFAULT_METHODS = ("cyclic-unet", "mmccd", "threshold")
 DEFAULT_PAIRS = ("flair:t2",)
 
 
+def split_variant(token: str) -> tuple[str, str | None]:
+    """'mmccd' -> ('mmccd', None); 'mmccd@fast-cal' -> ('mmccd', 'fast-cal'): a method with its own preset."""
+    method, _, variant = token.partition("@")
+    return method, variant or None
+
+
+def row_name(token: str) -> str:
+    """A method token's row name: 'mmccd', or 'mmccd@fast-cal' (a YAML path variant: its file name, no suffix)."""
+    method, variant = split_variant(token)
+    if variant is None:
+        return method
+    return f"{method}@{Path(variant).stem if Path(variant).suffix else variant}"
+
+
 def parse_pair(text: str, default_methods: Sequence[str] = DEFAULT_METHODS) -> tuple[str, str, tuple[str, ...]]:
     """'flair:t2' -> ('flair', 't2', default_methods); 't2:flair=mmccd,dae' -> ('t2', 'flair', ('mmccd', 'dae')).
 
-    source: the input at inference; target: the contrast it is translated to (training needs both)."""
+    source: the input at inference; target: the contrast it is translated to (training needs both). A method
+    may be a variant, METHOD@PRESET: the method trained and scored with that preset (e.g. mmccd@fast-cal)."""
     pair, _, chosen = text.strip().partition("=")
     parts = pair.lower().split(":")
     if len(parts) != 2 or any(p not in MODALITIES for p in parts) or parts[0] == parts[1]:
         raise ConfigError(f"contrast pair '{text}': expected SOURCE:TARGET with two different contrasts of "
                           f"{', '.join(MODALITIES)}, e.g. flair:t2 (or flair:t2=mmccd,dae for some methods only)")
     methods = tuple(m.strip() for m in chosen.split(",") if m.strip()) if chosen else tuple(default_methods)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if split_variant(m)[0] not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"contrast pair '{text}': unknown method(s) {', '.join(unknown) or '(none)'}; "
                           f"known: {', '.join(METHODS)}")
@@ -61,15 +76,29 @@ class RunSpec:
     run: Path
     reuse: Path | None  # the run whose shared network this one copies (it is trained first)
     cfg: ExperimentConfig
+    variant: str | None = None  # METHOD@PRESET: the preset this variant is trained and scored with
+    shares_run: bool = False  # a variant that only scores differently: it evaluates the plain method's run
+    support: bool = False  # trained for another row's sake (a multi-target variant's other targets): no row itself
+    after: tuple[Path, ...] = ()  # runs it needs finished first, beyond `reuse` (a multi-target variant's others)
 
     @property
     def pair(self) -> str:
         return f"{self.source}:{self.target}"
 
     @property
+    def name(self) -> str:
+        """The row's name: the method, or METHOD@PRESET for a variant (`row_name`)."""
+        return row_name(self.method if self.variant is None else f"{self.method}@{self.variant}")
+
+    @property
+    def variant_tag(self) -> str | None:
+        """The variant's preset as a name for folders (a YAML path: its file name without suffix)."""
+        return None if self.variant is None else self.name.split("@", 1)[1]
+
+    @property
     def label(self) -> str:
         where = "" if self.fold is None else f" fold {self.fold}"
-        return f"{self.method} {self.source}->{self.target}{where}" + (f" seed {self.seed}" if self.seed else "")
+        return f"{self.name} {self.source}->{self.target}{where}" + (f" seed {self.seed}" if self.seed else "")
 
 
 def _folder(runs: Path, fold: int | None, seed: int, main_seed: int) -> Path:
@@ -85,28 +114,61 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
     The seed study (`seeds`) is run on the first pair's fold 0 (or its single split) only."""
     specs: list[RunSpec] = []
     for p, (source, target, methods) in enumerate(pairs):
-        ordered = sorted(methods, key=lambda m: not provides_to(m, methods))
+        ordered = sorted(methods, key=lambda m: (split_variant(m)[1] is not None, not provides_to(m, methods)))
+        plain = [m for m in ordered if split_variant(m)[1] is None]
         for k, split in enumerate(splits):
             fold = k if cv else None
-            base = load_config(preset, {"method": ordered[0], "source": source, "target": target})
+            base = load_config(preset, {"method": split_variant(ordered[0])[0], "source": source, "target": target})
             main_seed = base.train.seed
             runs_seeds = [(m, main_seed) for m in ordered]
             if k == 0 and p == 0:  # the seed study: the first pair's fold 0 only
                 runs_seeds += [(m, s) for s in seeds if s != main_seed for m in ordered if m in seed_methods]
-            for method, seed in runs_seeds:
-                cfg = load_config(preset, {"method": method, "source": source, "target": target,
-                                           "train": {"seed": seed}})
+            for token, seed in runs_seeds:
+                method, variant = split_variant(token)
+                overrides = {"method": method, "source": source, "target": target, "train": {"seed": seed}}
+                cfg = load_config(variant or preset, overrides)
                 folder = _folder(out / "runs", fold, seed, main_seed)
-                shared = [m for m in method_class(method).shared_networks.values() if m in methods]
+                shared = [m for m in method_class(method).shared_networks.values() if m in plain]
                 reuse = folder / run_name(shared[0], source, target) if shared else None
-                specs.append(RunSpec(method, source, target, fold, seed, split,
-                                     folder / run_name(method, source, target), reuse, cfg))
-    return specs
+                trains_like_plain = variant is not None and method in plain and \
+                    training_part(cfg) == training_part(load_config(preset, overrides))
+                spec = RunSpec(method, source, target, fold, seed, split, folder, reuse, cfg, variant, trains_like_plain)
+                name = method if variant is None or trains_like_plain else spec.name
+                specs.append(dataclasses.replace(spec, run=folder / run_name(name, source, target)))
+    return _with_supporting_runs(specs, preset)
+
+
+def _with_supporting_runs(specs: list[RunSpec], preset: str | Path) -> list[RunSpec]:
+    """A multi-target variant (score.extra_targets) scores with the runs of its other targets beside its own:
+    plan them (trained, not reported) where the benchmark does not already, and run the variant after them."""
+    out, planned = [], {s.run for s in specs}
+    for spec in specs:
+        extra = spec.cfg.score.extra_targets
+        siblings = tuple(spec.run.parent / run_name(spec.method, spec.source, t) for t in extra)
+        for target, run in zip(extra, siblings, strict=True):
+            if run not in planned:
+                cfg = load_config(preset, {"method": spec.method, "source": spec.source, "target": target,
+                                           "train": {"seed": spec.seed}})
+                out.append(RunSpec(spec.method, spec.source, target, spec.fold, spec.seed, spec.split, run, None, cfg,
+                                   support=True))
+                planned.add(run)
+        out.append(dataclasses.replace(spec, after=siblings) if siblings else spec)
+    return out
+
+
+def training_part(cfg: ExperimentConfig) -> dict:
+    """What decides a run's weights: its config without the scoring, evaluation and bookkeeping keys."""
+    d = to_dict(cfg)
+    for key in ("name", "score", "eval", "device"):
+        d.pop(key, None)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "log_every", "num_workers")}
+    return d
 
 
 def provides_to(method: str, methods: Sequence[str]) -> bool:
     """True when another of `methods` reuses a network of `method` (so it is trained first)."""
-    return any(method in method_class(m).shared_networks.values() for m in methods)
+    return any(split_variant(method)[0] in method_class(split_variant(m)[0]).shared_networks.values()
+               for m in methods)
 
 
 # ---------------------------------------------------------------- the estimate
@@ -130,7 +192,9 @@ class TrainingEstimate:
 
 def remaining_networks(spec: RunSpec) -> list[tuple[str, int]]:
     """(network name, steps left) of the networks of `spec` that are not finished (a reused one counts once:
-    in the run that provides it)."""
+    in the run that provides it; a variant sharing the plain method's run trains nothing)."""
+    if spec.shares_run:
+        return []
     method = build_method(spec.cfg)
     shared = set(method_class(spec.method).shared_networks) if spec.reuse is not None else set()
     out = []
@@ -185,4 +249,5 @@ def estimate_training(specs: Sequence[RunSpec], jobs: int, threads: int = 1) -> 
 
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_PAIRS", "RunSpec", "TrainingEstimate", "estimate_training", "parse_pair",
-           "plan_runs", "provides_to", "remaining_networks", "run_name"]
+           "plan_runs", "provides_to", "remaining_networks", "row_name", "run_name", "split_variant",
+           "training_part"]

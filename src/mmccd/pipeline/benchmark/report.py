@@ -53,6 +53,9 @@ AGGREGATION = {  # what each key of a results entry aggregates over; "_std" = po
                "and this method's per-subject Dice minus the best's over the same subjects: mean_diff, std_diff, "
                "Wilcoxon signed-rank p_value (two-sided, not adjusted for multiple comparisons), n",
     "per_fold": "per protocol and fold: test subjects, mean Dice, threshold, oracle Dice",
+    "val_dice": "mean over folds of the mean VALIDATION-subject Dice at the chosen threshold (also val_dice_volume): "
+                "the only number a choice between variants may be made on (the test subjects never take part)",
+    "vs_base": "a variant (METHOD@PRESET) against its plain method over the same subjects: mean_diff, Wilcoxon p",
     "per_subject_dice": "Dice of each test subject at its fold's validation threshold, per slice protocol",
     "seconds_per_slice": "wall-clock scoring seconds per test slice on the machine stated (mean over folds)",
     "train_seconds": "wall-clock training seconds summed over the method's networks and folds (a shared network "
@@ -154,12 +157,21 @@ def _tables(entries: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
                 for e in entries if e["test_set"] == entries[0]["test_set"]]
         tables.append(("Per fold: mean Dice over each fold's test subjects", head, body))
     internal = [e for e in entries if e["test_set"] == entries[0]["test_set"] and e["postprocess"] == raw]
-    head = ["method", "source→target", "oracle Dice, max-tumour † (not a result)", "oracle Dice, volume † (not a result)",
-            "scoring", "training seconds", "scoring seconds per slice"]
-    body = [[e["method"], f"{e['source']}→{e['target']}", _f(e.get("dice_oracle")), _f(e.get("dice_volume_oracle")),
-             e.get("scoring", "–"), _f(e.get("train_seconds"), ".0f"), _f(e.get("seconds_per_slice"), ".3g")]
-            for e in internal]
-    tables.append(("Oracle (test-optimal threshold, for comparison with papers only) and cost", head, body))
+    head = ["method", "source→target", "validation Dice (max-tumour / volume) ‡", "oracle Dice, max-tumour †",
+            "oracle Dice, volume †", "scoring", "training seconds", "scoring seconds per slice"]
+    body = [[e["method"], f"{e['source']}→{e['target']}", f"{_f(e.get('val_dice'))} / {_f(e.get('val_dice_volume'))}",
+             _f(e.get("dice_oracle")), _f(e.get("dice_volume_oracle")), e.get("scoring", "–"),
+             _f(e.get("train_seconds"), ".0f"), _f(e.get("seconds_per_slice"), ".3g")] for e in internal]
+    tables.append(("Validation Dice ‡ (what a choice between variants may use), oracle † (test-optimal threshold, for "
+                   "comparison with papers only, not a result) and cost", head, body))
+    variants = [e for e in entries if e.get("vs_base") and e["postprocess"] == raw]
+    if variants:
+        head = ["variant", "source→target", "test set"] + [
+            f"vs {'plain'} ({'volume' if s == 'all' else 'max-tumour'}: Δ Dice, p)" for s in protocols]
+        body = [[e["method"], f"{e['source']}→{e['target']}", e["test_set"]] + [
+            (lambda c: f"{c['mean_diff']:+.3f}, p {_p(c.get('p_value'))} (n={c['n']})")(e["vs_base"][s])
+            for s in protocols] for e in variants]
+        tables.append(("Variants against their plain method (paired, same subjects)", head, body))
     return tables
 
 
@@ -365,6 +377,11 @@ def write_results(out: Path, entries: Sequence[dict[str, Any]], meta: Mapping[st
     body += ["<h2>Figures</h2>"]
     body += [f"<figure><img src='figures/{html.escape(n)}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}"
              "</figcaption></figure>" for n, c in figures]
+    views = [(f"{e['method']} {e['source']}→{e['target']}: {sid} ({'worst' if k == 0 else 'best'} whole-volume Dice)", p)
+             for e in entries for k, (sid, p) in enumerate((e.get("views") or {}).items())]
+    if views:
+        body += ["<h2>Case views: each method's worst and best test subject</h2><ul>" + "".join(
+            f"<li><a href='{html.escape(p)}'>{html.escape(t)}</a></li>" for t, p in views) + "</ul>"]
     links = [(f"{e['method']} {e['source']}→{e['target']}, {e['test_set']}, {e['postprocess']}, {s}, {Path(p).parts[1]}", p)
              for e in entries for s, ps in e["reports"].items() for p in ps]
     body += ["<details><summary>Protocol</summary><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in statement)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mmccd.data.store import PreparedStore
 from mmccd.evaluation.report import to_jsonable
-from mmccd.evaluation.stats import compare_to_best
+from mmccd.evaluation.stats import compare_paired, compare_to_best
 from mmccd.pipeline.benchmark.plan import RunSpec
 from mmccd.pipeline.evaluate import Evaluation
 from mmccd.pipeline.runs import read_run_info
@@ -67,6 +68,8 @@ def protocol_keys(evals: Sequence[Evaluation], slices: str) -> dict[str, Any]:
         mean, std, n = _mean_std([r.get(metric) for r in rows.values()])
         out.update({key: mean, f"{key}_std": std, f"{key}_n": n})
     oracle, _, _ = _mean_std([ev.summary.get("oracle_dice_test") for ev in evals])
+    val, _, _ = _mean_std([ev.summary.get("val_dice_at_threshold") for ev in evals])
+    out[f"val_dice{suffix}"] = val  # validation subjects only: what a choice between variants may look at
     pooled = {m: _mean_std([ev.summary.get(f"pooled_{m}") for ev in evals])[0] for m in ("dice", "auroc", "auprc")}
     slice_mean, slice_std, _ = _mean_std([ev.summary.get("slice_mean_dice") for ev in evals])
     out.update({
@@ -137,7 +140,7 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
     groups: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
     for spec in specs:
         if spec.seed == main_seed[spec.pair]:
-            groups[(spec.method, spec.pair)].append(spec)
+            groups[(spec.name, spec.pair)].append(spec)
     for (method, pair), group in groups.items():
         first = group[0]
         train = [training_time(s) for s in group]
@@ -146,7 +149,8 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
         for test_set in test_sets:
             for pp in postprocess:
                 entry: dict[str, Any] = {
-                    "method": method, "source": first.source, "target": first.target, "pair": pair,
+                    "method": method, "base_method": first.method, "variant": first.variant,
+                    "source": first.source, "target": first.target, "pair": pair,
                     "test_set": test_set, "postprocess": pp, "folds": None if first.fold is None else len(group),
                     "runs": [str(s.run.relative_to(out)) for s in group]}
                 per_subject, folds, reports, levels = {}, {}, {}, {}
@@ -169,11 +173,29 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
                     {k: round(sum(t["train_seconds_by_net"].get(k) or 0 for t in train), 1)
                      for k in train[0]["train_seconds_by_net"]},
                     "train_note": train[0]["train_note"], "trained_with_code": run_info.get("code_version"),
-                    "scoring": describe_scoring(method, score_config), "score_config": score_config,
+                    "scoring": describe_scoring(first.method, score_config), "score_config": score_config,
                     "per_subject_dice": per_subject, "per_fold": folds, "protocols": levels, "reports": reports})
                 entries.append(entry)
     add_paired_comparisons(entries, protocols)
+    add_base_comparisons(entries, protocols)
     return [to_jsonable(e) for e in entries]
+
+
+def add_base_comparisons(entries: list[dict[str, Any]], protocols: Sequence[str]) -> None:
+    """A variant (METHOD@PRESET) against its plain method on the same subjects: `vs_base` per protocol."""
+    plain = {(e["method"], e["pair"], e["test_set"], e["postprocess"]): e for e in entries if not e.get("variant")}
+    for e in entries:
+        base = plain.get((e.get("base_method"), e["pair"], e["test_set"], e["postprocess"])) if e.get("variant") else None
+        if base is None:
+            continue
+        e["vs_base"] = {}
+        for slices in protocols:
+            a = {s: v for s, v in e["per_subject_dice"][slices].items() if v is not None}
+            b = {s: v for s, v in base["per_subject_dice"][slices].items() if v is not None}
+            c = compare_paired(a, b, e["method"], base["method"], drop_unshared=True)
+            e["vs_base"][slices] = {"base": base["method"], "n": c.n, "mean_diff": c.mean_diff, "std_diff": c.std_diff,
+                                    "p_value": c.p_value, "p_method": c.p_method, "n_higher": c.n_a_higher,
+                                    "n_lower": c.n_b_higher, "note": c.note}
 
 
 def add_paired_comparisons(entries: list[dict[str, Any]], protocols: Sequence[str]) -> None:
@@ -214,7 +236,7 @@ def seed_study(specs: Sequence[RunSpec], evals: Evaluations, protocols: Sequence
     groups: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
     for spec in specs:
         if spec.fold in (None, 0):
-            groups[(spec.method, spec.pair)].append(spec)
+            groups[(spec.name, spec.pair)].append(spec)
     rows = []
     for (method, pair), group in groups.items():
         if len({s.seed for s in group}) < 2:
@@ -246,5 +268,42 @@ def seed_study(specs: Sequence[RunSpec], evals: Evaluations, protocols: Sequence
     return [to_jsonable(r) for r in rows]
 
 
-__all__ = ["add_paired_comparisons", "make_entries", "protocol_keys", "seed_study", "subject_rows",
-           "training_time"]
+def write_views(out: Path, entries: list[dict[str, Any]], specs: Sequence[RunSpec], evals: Evaluations,
+                internal: str, raw: str, store: PreparedStore) -> None:
+    """Case views of each method's worst and best test subject (whole-volume Dice, raw maps), pooled over folds:
+    OUT/views/<row>_<pair>/<subject>_view.html, from the maps the evaluation scored; linked from the entry."""
+    from mmccd.evaluation.postprocess import PostProcess
+    from mmccd.pipeline.evaluate import EvaluationKey
+    from mmccd.pipeline.views import subject_view, worst_and_best
+    from mmccd.scoring.slices import find_cache
+
+    slices = "all"
+    for e in entries:
+        if e["test_set"] != internal or e["postprocess"] != raw or slices not in e["per_subject_dice"]:
+            continue
+        rows = [{"subject_id": s, "dice": d} for s, d in e["per_subject_dice"][slices].items()]
+        group = [s for s in specs if s.name == e["method"] and s.pair == e["pair"] and s.seed == specs[0].seed]
+        made = {}
+        for sid in worst_and_best(rows):
+            spec = next((s for s in group if sid in s.split.test), None)
+            ev = evals[spec][(internal, slices, raw)] if spec is not None else None
+            if ev is None or "evaluation_settings" not in ev.summary:
+                continue
+            key = EvaluationKey.from_dict(ev.summary["evaluation_settings"])
+            cached = find_cache(spec.run, "test", slices, key.maps("test"))
+            if cached is None:
+                continue
+            idx = [i for i, s in enumerate(cached.subject_ids) if s == sid]
+            dice = e["per_subject_dice"][slices][sid]
+            path = subject_view(out / "views" / f"{e['method']}_{e['pair'].replace(':', '-')}", store, sid,
+                                e["source"], ev.summary["threshold"],
+                                f"{sid} — {e['method']}, {e['source']} → {e['target']}, whole-volume Dice {dice:.3f} "
+                                f"at its fold's validation threshold", PostProcess(),
+                                (np.asarray([cached.slice_indices[i] for i in idx]), cached.maps[idx]))
+            if path is not None:
+                made[sid] = str(path.relative_to(out))
+        e["views"] = made
+
+
+__all__ = ["add_base_comparisons", "add_paired_comparisons", "make_entries", "protocol_keys", "seed_study",
+           "subject_rows", "training_time", "write_views"]

@@ -40,9 +40,11 @@ from mmccd.pipeline.benchmark.plan import (
     estimate_training,
     parse_pair,
     plan_runs,
+    row_name,
+    split_variant,
 )
 from mmccd.pipeline.benchmark.report import describe_scoring, write_results
-from mmccd.pipeline.benchmark.results import make_entries, seed_study
+from mmccd.pipeline.benchmark.results import make_entries, seed_study, write_views
 from mmccd.pipeline.evaluate import prepare_test_store
 from mmccd.provenance import code_version
 from mmccd.scoring import resolve_scoring
@@ -118,9 +120,10 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
         raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
     base = load_config(preset)
     pps = (postprocess, *(PostProcess.profile(p, base.prepare.size) for p in profiles if p != "none"))
-    for _, _, ms in pair_specs:  # an unknown method or scoring preset fails now, not after hours
+    for _, _, ms in pair_specs:  # an unknown method, variant preset or scoring preset fails now, not after hours
         for m in ms:
-            resolve_scoring(load_config(preset, {"method": m}), scoring)
+            method, variant = split_variant(m)
+            resolve_scoring(load_config(variant or preset, {"method": method}), scoring)
     _prepare_out(out, overwrite)
 
     contrasts = sorted({c for s, t, _ in pair_specs for c in (s, t)}, key=MODALITIES.index)
@@ -157,15 +160,16 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
         return []
     run_all(out / "prepared", specs, plan, jobs=jobs)
 
-    evals = {spec: evaluate_spec(spec, plan) for spec in specs}  # all reused: read back from their folders
+    reported = [s for s in specs if not s.support]
+    evals = {spec: evaluate_spec(spec, plan) for spec in reported}  # all reused: read back from their folders
     main_seed = {f"{s}:{t}": load_config(preset, {"source": s, "target": t}).train.seed for s, t, _ in pair_specs}
-    entries = make_entries(specs, evals, out, protocols, [pp.describe() for pp in pps],
+    entries = make_entries(reported, evals, out, protocols, [pp.describe() for pp in pps],
                            [t.label for t in test_sets], main_seed, describe_scoring)
-    order = {(m, f"{s}:{t}"): i for i, (s, t, ms) in enumerate(pair_specs) for m in ms}
-    rank = {(m, p): i for i, (m, p) in enumerate(sorted(order, key=lambda k: order[k]))}
-    entries.sort(key=lambda e: (order[(e["method"], e["pair"])], rank[(e["method"], e["pair"])],
-                                e["test_set"] != INTERNAL, e["postprocess"] != pps[0].describe()))
-    seeds_table = seed_study(specs, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
+    listed = [(row_name(m), f"{s}:{t}") for s, t, ms in pair_specs for m in ms]  # the order the user gave
+    entries.sort(key=lambda e: (listed.index((e["method"], e["pair"])), e["test_set"] != INTERNAL,
+                                e["postprocess"] != pps[0].describe()))
+    seeds_table = seed_study(reported, evals, protocols, INTERNAL, pps[0].describe()) if seeds else []
+    write_views(out, entries, reported, evals, INTERNAL, pps[0].describe(), store)
     meta = {
         "command": benchmark_command(data, out, preset, methods, list(pairs), test_data, postprocess, protocols,
                                      scoring, folds, profiles, seeds, jobs, Path(test_layout) if test_layout else None),

@@ -1,0 +1,177 @@
+"""Where MMCCD's gap comes from (issue 18, docs/quality.md): Dice versus training steps and image size, MMCCD under
+several scorings at each point, and the translation quality of the forward models on healthy validation tissue.
+
+Starts from one fold of a `mmccd benchmark --folds K` folder (its runs at the preset's steps are the first point),
+copies each run and resumes it to more steps (constant learning rate: resuming is training longer), and
+evaluates every point with the fold's own validation threshold on its test subjects:
+
+    .venv/bin/python benchmarks/learning_curve.py --bench results/cv --fold 0 --pair flair:t2 \\
+        --steps 1200 2400 6000 --methods mmccd cyclic-unet dae --out results/learning [--size 128 --size-steps 1200]
+
+Writes OUT/learning_curve.json, OUT/learning_curve.md and OUT/learning_curve.png; every run and evaluation is
+resumable (run it again to continue). Scorings of MMCCD: `fast` (its default), `run` (the cpu preset's own,
+16 masks x 10 DDIM steps) and, with --reference, the published protocol (128 masks x 100 steps) on the
+max-tumour slices only (about 5 minutes per slice on one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from mmccd.config import load_config
+from mmccd.data.prepare import prepare_dataset
+from mmccd.data.splits import Split
+from mmccd.pipeline.evaluate import evaluate_run
+from mmccd.pipeline.runs import read_run_config, read_run_info, run_split, train_run
+from mmccd.scoring import resolve_scoring
+
+sys.path.insert(0, str(Path(__file__).parent))
+from translation_quality import translation_quality  # noqa: E402
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    """A run folder without its evaluations, map caches and views (they belong to the source's weights)."""
+    if dst.exists():
+        return
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("eval-*", "maps", "views", "calibration", "prepared-test*"))
+
+
+def train_to(prepared: Path, run: Path, method: str, pair: tuple[str, str], steps: int, split: Split,
+             preset: str, reuse: Path | None, size: int | None = None) -> float:
+    """Resume (or train) `run` to `steps` iterations; returns the seconds this call trained."""
+    overrides = {"method": method, "source": pair[0], "target": pair[1], "train": {"iterations": steps}}
+    if size is not None:
+        overrides["prepare"] = {"size": size}
+    cfg = load_config(preset, overrides)
+    start = time.perf_counter()
+    train_run(prepared, run, cfg, resume=True, reuse_backward_from=reuse, split=split)
+    return time.perf_counter() - start
+
+
+def evaluate_point(run: Path, method: str, scorings: list[str], protocols: list[str]) -> dict:
+    out = {}
+    for scoring in scorings if method == "mmccd" else ["run"]:
+        settings = resolve_scoring(read_run_config(run), scoring)
+        for slices in protocols if scoring != "reference" else ["max_tumour"]:
+            ev = evaluate_run(run, settings, slices=slices, out_dir=run / f"eval-{slices}-{scoring}", reuse=True,
+                              overwrite=True, views="none")
+            s = ev.summary
+            out[f"{scoring}/{slices}"] = {"dice": s["subject_mean_dice"], "dice_std": s["subject_std_dice"],
+                                          "auroc": s["subject_mean_auroc"], "auprc": s["subject_mean_auprc"],
+                                          "n": s["n_subjects"], "oracle_dice": s["oracle_dice_test"],
+                                          "per_subject": {r["subject_id"]: r["dice"] for r in ev.per_subject}}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bench", type=Path, required=True, help="a `mmccd benchmark --folds K` folder")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--pair", default="flair:t2")
+    p.add_argument("--steps", type=int, nargs="+", default=[1200, 2400, 6000])
+    p.add_argument("--methods", nargs="+", default=["mmccd", "cyclic-unet", "dae"])
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("results/learning"))
+    p.add_argument("--size", type=int, help="also train at this image size (e.g. 128) for --size-steps steps")
+    p.add_argument("--size-steps", type=int, default=1200)
+    p.add_argument("--data", type=Path, help="the benchmark's data folder (needed for --size)")
+    p.add_argument("--reference", action="store_true", help="also score MMCCD with the published protocol")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pair = tuple(args.pair.split(":"))
+    fold_root = args.bench / "runs" / f"fold-{args.fold}"
+    methods = sorted(args.methods, key=lambda m: m != "cyclic-unet")  # its backward UNet is MMCCD's
+    scorings = ["fast", "run"] + (["reference"] if args.reference else [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"command": " ".join(sys.argv), "bench": str(args.bench), "fold": args.fold, "pair": args.pair,
+                     "points": []}
+    prepared = args.bench / "prepared"
+    split = run_split(fold_root / f"{methods[0]}_{pair[0]}-{pair[1]}")
+    points = [(steps, None) for steps in sorted(args.steps)] + ([(args.size_steps, args.size)] if args.size else [])
+    previous: dict[str, Path] = {}
+    for steps, size in points:
+        tag = f"steps-{steps}" + (f"-size-{size}" if size else "")
+        store = prepared
+        if size:
+            store = args.out / f"prepared-{size}"
+            base = json.loads((prepared / "prepare.json").read_text())["config"]
+            prepare_dataset(args.data, store, dataclasses.replace(load_config(args.preset).prepare, **{**base,
+                                                                    "size": size, "train_slice_window": None}),
+                            required=list(pair))
+        for method in methods:
+            run = args.out / tag / f"{method}_{pair[0]}-{pair[1]}"
+            src = previous.get(method) if not size else None
+            if src is None and not size:
+                src = fold_root / f"{method}_{pair[0]}-{pair[1]}"
+            if src is not None:
+                copy_run(src, run)
+                if method == "mmccd":  # its backward UNet is Cyclic UNet's at the same steps: copied, not retrained
+                    shared = run / "checkpoints" / "target_to_source.pt"
+                    if shared.exists() and read_run_config(run).train.iterations < steps:
+                        shared.unlink()
+            reuse = args.out / tag / f"cyclic-unet_{pair[0]}-{pair[1]}" if method == "mmccd" else None
+            seconds = train_to(store, run, method, pair, steps, split, args.preset, reuse, size)
+            point = {"tag": tag, "steps": steps, "size": size or read_run_config(run).prepare.size, "method": method,
+                     "trained_seconds_this_call": round(seconds, 1),
+                     "train_seconds": read_run_info(run).get("train_seconds"),
+                     "scores": evaluate_point(run, method, scorings, ["max_tumour", "all"]),
+                     "translation": translation_quality(run)}
+            results["points"].append(point)
+            print(json.dumps({k: point[k] for k in ("tag", "method")}), {k: round(v["dice"], 3)
+                  for k, v in point["scores"].items()}, flush=True)
+            if not size:
+                previous[method] = run
+        (args.out / "learning_curve.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_outputs(args.out, results)
+
+
+def write_outputs(out: Path, results: dict) -> None:
+    rows = ["| point | method | scoring | Dice max-tumour | Dice volume | AUROC volume | translation MAE (healthy) | "
+            "imagined-stripe MAE (healthy) | cyclic error (healthy) |", "|---|---|---|---|---|---|---|---|---|"]
+    for pt in results["points"]:
+        tq = pt["translation"]
+        for scoring in sorted({k.split("/")[0] for k in pt["scores"]}):
+            mt, vol = pt["scores"].get(f"{scoring}/max_tumour", {}), pt["scores"].get(f"{scoring}/all", {})
+            q = tq.get(scoring, tq.get("run", {}))
+            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+            rows.append(f"| {pt['tag']} | {pt['method']} | {scoring} | {f(mt.get('dice'))} ± {f(mt.get('dice_std'))} "
+                        f"| {f(vol.get('dice'))} | {f(vol.get('auroc'))} | {f(q.get('translation_mae'))} "
+                        f"| {f(q.get('stripe_mae'))} | {f(q.get('cyclic_error'))} |")
+    (out / "learning_curve.md").write_text(f"Command: `{results['command']}`\n\n" + "\n".join(rows) + "\n")
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, slices in zip(axes, ("max_tumour", "all"), strict=True):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for pt in results["points"]:
+            if pt["tag"].count("size"):
+                continue
+            for key, v in pt["scores"].items():
+                scoring, sl = key.split("/")
+                if sl == slices:
+                    series.setdefault(f"{pt['method']} ({scoring})", []).append((pt["steps"], v["dice"]))
+        for name, xy in sorted(series.items()):
+            xs, ys = zip(*sorted(xy), strict=True)
+            ax.plot(xs, ys, "o-", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps per network")
+        ax.set_ylabel("mean Dice over the fold's test subjects")
+        ax.set_title("max-tumour slice" if slices == "max_tumour" else "whole volume")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(out / "learning_curve.png", dpi=110)
+    print((out / "learning_curve.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
