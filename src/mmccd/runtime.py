@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mmccd.distributed import local_rank
+from mmccd.distributed import local_rank, local_world_size
 from mmccd.errors import ConfigError
 
 Amp = Literal["none", "bf16", "fp16", "auto"]
@@ -36,6 +36,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device '{name}': expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and local_world_size() > 1 and device.index != local_rank():
+        # NCCL has bound this process to cuda:LOCAL_RANK; a fixed cuda:N would put every rank on one GPU
+        raise ConfigError(f"device '{name}' under torchrun with {local_world_size()} processes on this machine: each "
+                          f"process uses its own GPU (this one cuda:{local_rank()}); use --device cuda or auto")
     return device
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmccd.checkpoints import load_checkpoint, load_state_checked, save_checkpoint
 from mmccd.config import ExperimentConfig, TrainConfig
 from mmccd.data.batch import SliceBatch, collate_slices
-from mmccd.distributed import barrier, dist_info
+from mmccd.distributed import barrier, dist_info, in_process_group
 from mmccd.errors import ConfigError, DataError, MmccdError
 from mmccd.models import LossFn
 from mmccd.progress import progress
@@ -166,9 +166,10 @@ def train_network(
         return TrainResult(net_name, step, previous_seconds, float("nan"), checkpoint, 0.0, trained_now=False)
 
     model: nn.Module = _LossModule(net, loss_fn)
-    if world > 1:
+    if in_process_group():  # also a group of one under torchrun: the NCCL/DDP path runs on a one-GPU machine
         # DDP broadcasts rank 0's weights now and averages gradients in backward
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     stop = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
     loader = DataLoader(dataset, batch_sampler=_StepBatches(n, tc, step, stop, rank, world),
                         collate_fn=collate_slices, num_workers=tc.num_workers,
