@@ -72,6 +72,7 @@ def test_a_cpu_generator_gives_the_cpu_map_on_a_gpu(device: torch.device) -> Non
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow  # compilation: tens of seconds even for tiny networks
 def test_compiled_networks_give_the_eager_map_on_a_gpu(device: torch.device) -> None:
     """torch.compile on the GPU (each network of the ModuleDict compiled on its own; minutes on a CPU: GPU only)."""
     if device.type != "cuda":
