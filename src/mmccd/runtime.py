@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mmccd.distributed import local_rank, local_world_size
+from mmccd.distributed import local_rank
 from mmccd.errors import ConfigError
 
 Amp = Literal["none", "bf16", "fp16", "auto"]
@@ -36,10 +36,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device '{name}': expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
-    if device.type == "cuda" and local_world_size() > 1 and device.index != local_rank():
-        # NCCL has bound this process to cuda:LOCAL_RANK; a fixed cuda:N would put every rank on one GPU
-        raise ConfigError(f"device '{name}' under torchrun with {local_world_size()} processes on this machine: each "
-                          f"process uses its own GPU (this one cuda:{local_rank()}); use --device cuda or auto")
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ and device.index != local_rank():
+        # the process group is bound to cuda:LOCAL_RANK (distributed.init_distributed); a fixed cuda:N would put
+        # every rank on one GPU, or the model on another GPU than its collectives
+        raise ConfigError(f"device '{name}' under torchrun: each process uses the GPU of its LOCAL_RANK (this one "
+                          f"cuda:{local_rank()}); use --device cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES")
     return device
 
 

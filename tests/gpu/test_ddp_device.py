@@ -86,15 +86,18 @@ def test_more_processes_than_gpus_is_a_config_error(monkeypatch) -> None:
         init_distributed(use_cuda=True)
 
 
-def test_each_torchrun_process_takes_its_own_gpu(monkeypatch) -> None:
+def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(monkeypatch) -> None:
     """A fixed --device cuda:0 with 2 processes on a machine put both ranks on GPU 0 while NCCL had bound
-    rank 1 to GPU 1; 'cuda' and 'auto' mean cuda:LOCAL_RANK."""
+    rank 1 to GPU 1 (and with one process, cuda:1 put the model on another GPU than its collectives);
+    'cuda' and 'auto' mean cuda:LOCAL_RANK, GPUs are chosen with CUDA_VISIBLE_DEVICES."""
     _torchrun_env(monkeypatch, world=2, local_rank=1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("cuda") == torch.device("cuda", 1) == resolve_device("auto")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ConfigError, match="each process uses its own GPU.*use --device cuda or auto"):
+    with pytest.raises(ConfigError, match="GPU of its LOCAL_RANK.*use --device cuda or auto.*CUDA_VISIBLE_DEVICES"):
         resolve_device("cuda:0")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine (e.g. SLURM, one GPU each): its choice
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    _torchrun_env(monkeypatch, world=1, local_rank=0)
+    with pytest.raises(ConfigError, match="this one cuda:0"):
+        resolve_device("cuda:1")
+    monkeypatch.delenv("LOCAL_RANK")  # outside torchrun: any GPU
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
