@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ORDER = ("tests", "train", "score", "volume", "torchrun", "compile", "real")
-SHARES = {"tests": 0.14, "train": 0.20, "score": 0.14, "volume": 0.14, "torchrun": 0.08, "compile": 0.20, "real": 0.10}
+SHARES = {"tests": 0.18, "train": 0.18, "score": 0.12, "volume": 0.14, "torchrun": 0.08, "compile": 0.20, "real": 0.10}
 TRAIN_TARGET = 20.0  # steps/s, reference preset at batch 32 in bf16
 REF_TARGET = 10.0  # s per slice, reference scoring
 VOLUME_TARGET = 2.0  # s per whole 240 x 240 x 155 volume with `fast`, end to end
@@ -305,10 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_part(args.part, args.spec)
     if args.out is None:
         p.error("--out is required")
-    if args.device == "auto":
-        import torch
+    import torch
 
+    if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available here (a CPU build of torch, or no driver); "
+                "use --device cpu --tiny to check the script on a CPU")
     out = args.out
     (out / "parts").mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
 def test_a_training_step_per_amp_mode(amp: str, device: torch.device, tmp_path) -> None:
-    cfg = tiny_cfg(train={"amp": amp, "iterations": 4})
+    cfg = tiny_cfg(train={"amp": amp, "iterations": 6})  # fp16: the first steps may overflow and be skipped
     method = tiny_mmccd(cfg)
     if amp == "fp16" and device.type != "cuda":
         with pytest.raises(ConfigError, match="train.amp fp16 needs a CUDA device.*use bf16 or none"):
@@ -31,7 +31,7 @@ def test_a_training_step_per_amp_mode(amp: str, device: torch.device, tmp_path) 
         net = method.nets[name]
         before = state_on_cpu(net)
         result = train_network(net, loss_fn, SliceItems(), cfg, tmp_path / f"{name}.pt", name, device)
-        assert result.steps == 4 and torch.isfinite(torch.tensor(result.final_loss)), (name, result)
+        assert result.steps == 6 and torch.isfinite(torch.tensor(result.final_loss)), (name, result)
         params = list(net.parameters())
         assert all(p.device.type == device.type and p.dtype == torch.float32 for p in params)  # fp32 master weights
         after = state_on_cpu(net)
