@@ -2,8 +2,9 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every
 process it starts; `distributed_session` reads them, joins the process group (NCCL for CUDA devices,
-gloo on CPU) and leaves it at the end. Without WORLD_SIZE > 1 every function here is a no-op for
-one process, so the same code runs under `python -m mmccd` and under torchrun.
+gloo on CPU) and leaves it at the end. torchrun with one process joins a group of one, so the NCCL and
+DDP path runs (and can be checked) on a one-GPU machine. Outside torchrun every function here is a
+no-op for one process, so the same code runs under `python -m mmccd` and under torchrun.
 
 What runs in several processes: training (DistributedDataParallel, training.py), and `prepare` and
 `score`, which split their cases `cases[rank::world]` and merge per-rank summaries on every rank.
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from mmccd.errors import ConfigError
 
 log = logging.getLogger("mmccd")
 T = TypeVar("T")
@@ -42,6 +45,16 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
+def launched_by_torchrun() -> bool:
+    """WORLD_SIZE > 1, or torchrun with one process (it sets TORCHELASTIC_RUN_ID): join a process group."""
+    return env_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def in_process_group() -> bool:
+    """True when torch.distributed is initialised (under torchrun, even with one process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside torch.distributed."""
     if dist.is_available() and dist.is_initialized():
@@ -55,14 +68,20 @@ def is_main() -> bool:
 
 
 def init_distributed(use_cuda: bool | None = None) -> bool:
-    """Join the process group when launched with WORLD_SIZE > 1; True if this call initialised it.
+    """Join the process group when launched by torchrun (`launched_by_torchrun`); True if this call initialised it.
 
     use_cuda: NCCL on this rank's GPU (cuda:LOCAL_RANK) if True, gloo on CPU if False;
     None = NCCL whenever CUDA is available."""
-    if env_world_size() <= 1 or not dist.is_available() or dist.is_initialized():
+    if not launched_by_torchrun() or not dist.is_available() or dist.is_initialized():
         return False
     if use_cuda is None:
         use_cuda = torch.cuda.is_available()
+    if use_cuda and not torch.cuda.is_available():  # torch's own error here would be an assertion about its build
+        raise ConfigError("a CUDA device was requested under torchrun but CUDA is not available here: "
+                          "use --device cpu (gloo), or run on a machine with a GPU and a CUDA build of torch")
+    if use_cuda and local_rank() >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK {local_rank()} but {torch.cuda.device_count()} GPU(s) visible: start torchrun "
+                          f"with --nproc_per_node {torch.cuda.device_count()} or fewer")
     if use_cuda:
         torch.cuda.set_device(local_rank())  # NCCL collectives and all_gather_object use the current device
     minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MINUTES))
@@ -95,8 +114,8 @@ def distributed_session(device: str | None = "auto") -> Iterator[tuple[int, int]
 
 
 def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    if dist_info()[1] > 1:
+    """Wait for every rank (no-op outside a process group)."""
+    if in_process_group():
         if dist.get_backend() == "nccl":
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:

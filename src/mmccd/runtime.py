@@ -36,6 +36,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device '{name}': expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ and device.index != local_rank():
+        # the process group is bound to cuda:LOCAL_RANK (distributed.init_distributed); a fixed cuda:N would put
+        # every rank on one GPU, or the model on another GPU than its collectives
+        raise ConfigError(f"device '{name}' under torchrun: each process uses the GPU of its LOCAL_RANK (this one "
+                          f"cuda:{local_rank()}); use --device cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES")
     return device
 
 

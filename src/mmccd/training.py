@@ -34,7 +34,7 @@ from mmccd.atomic import atomic_write_text, disk_full_as_error
 from mmccd.checkpoints import load_checkpoint, load_state_checked, save_checkpoint
 from mmccd.config import ExperimentConfig, TrainConfig
 from mmccd.data.batch import SliceBatch, collate_slices
-from mmccd.distributed import barrier, dist_info
+from mmccd.distributed import barrier, dist_info, in_process_group
 from mmccd.errors import ConfigError, DataError, MmccdError
 from mmccd.models import LossFn
 from mmccd.progress import progress
@@ -159,7 +159,7 @@ def train_network(
         previous_seconds = float(ckpt.get("train_seconds", 0.0))
         if step < tc.iterations:
             opt.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+            _load_scaler(scaler, ckpt["scaler"], net_name)
             _restore_rng(ckpt["rng"], generator, tc.seed, step, rank, world, net_name)
             log.info("%s: resuming from step %d (%s)", net_name, step, checkpoint)
     if step >= tc.iterations:
@@ -167,9 +167,10 @@ def train_network(
         return TrainResult(net_name, step, previous_seconds, float("nan"), checkpoint, 0.0, trained_now=False)
 
     model: nn.Module = _LossModule(net, loss_fn)
-    if world > 1:
+    if in_process_group():  # also a group of one under torchrun: the NCCL/DDP path runs on a one-GPU machine
         # DDP broadcasts rank 0's weights now and averages gradients in backward
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     stop = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
     loader = DataLoader(dataset, batch_sampler=_StepBatches(n, tc, step, stop, rank, world),
                         collate_fn=collate_slices, num_workers=tc.num_workers,
@@ -256,7 +257,8 @@ def _gather_rng(generator: torch.Generator, world: int) -> dict[str, Any]:
     if world > 1:
         states = [{}] * world
         dist.all_gather_object(states, own)
-    rng: dict[str, Any] = {"torch": states[0]["torch"], "generator": [s["generator"] for s in states]}
+    rng: dict[str, Any] = {"torch": states[0]["torch"], "generator": [s["generator"] for s in states],
+                           "device": generator.device.type}  # a CPU and a CUDA generator state do not fit each other
     if world > 1:
         rng["torch_ranks"] = [s["torch"] for s in states]
     if own["cuda"] is not None:
@@ -266,24 +268,37 @@ def _gather_rng(generator: torch.Generator, world: int) -> dict[str, Any]:
 
 def _restore_rng(rng: dict[str, Any], generator: torch.Generator, seed: int, step: int, rank: int, world: int,
                  net_name: str) -> None:
-    """Restore this rank's RNG states; with another number of processes than the checkpoint's, the
-    data order still continues exactly but loss noise and dropout are drawn afresh (a warning)."""
+    """Restore this rank's RNG states; with another number of processes than the checkpoint's, or its loss
+    generator on another kind of device (CPU / CUDA), the data order still continues exactly but loss noise
+    and dropout are drawn afresh (a warning)."""
     saved = len(rng["generator"])
-    if saved == world:
+    saved_device = rng.get("device", "cuda" if "cuda" in rng else "cpu")  # older checkpoints: "cuda" only from CUDA
+    if saved == world and saved_device == generator.device.type:
         generator.set_state(rng["generator"][rank])
         torch.set_rng_state(rng["torch_ranks"][rank] if "torch_ranks" in rng else rng["torch"])
         if "cuda" in rng and generator.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"][rank], generator.device)
         return
     if rank == 0:
-        log.warning("%s: the checkpoint was written by %d process(es), this run has %d: the data order continues "
-                    "exactly, loss noise and dropout are reseeded (not bit-identical to an uninterrupted run)",
-                    net_name, saved, world)
+        why = (f"was written by {saved} process(es), this run has {world}" if saved != world else
+               f"drew its loss noise on {saved_device}, this run draws on {generator.device.type}")
+        log.warning("%s: the checkpoint %s: the data order continues exactly, loss noise and dropout are reseeded "
+                    "(not bit-identical to an uninterrupted run)", net_name, why)
     generator.manual_seed((seed * 1_000_003 + rank) * 1_000_033 + step)
     if rank == 0:
         torch.set_rng_state(rng["torch"])
     else:
         _seed_rank_rng(seed, rank, step)
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any], net_name: str) -> None:
+    """The checkpoint's loss-scaling state; a checkpoint made without loss scaling (fp32, bf16) resumed with fp16
+    (train.amp auto resolves per device) starts from a fresh scale instead of failing."""
+    if scaler.is_enabled() and not state:
+        log.warning("%s: the checkpoint was trained without fp16 loss scaling; this run uses it: starting from a "
+                    "fresh scale", net_name)
+        return
+    scaler.load_state_dict(state)
 
 
 class _Logger:

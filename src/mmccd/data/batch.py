@@ -39,6 +39,18 @@ class SliceBatch:
             gt_mask=None if self.gt_mask is None else self.gt_mask.to(device, non_blocking=nb),
         )
 
+    def pin_memory(self) -> SliceBatch:
+        """The image tensors in page-locked memory, so that `to(cuda)` copies asynchronously.
+
+        DataLoader(pin_memory=True) calls this; without it a dataclass batch is returned unpinned."""
+        return replace(
+            self,
+            source=self.source.pin_memory(),
+            target=self.target.pin_memory(),
+            brain_mask=self.brain_mask.pin_memory(),
+            gt_mask=None if self.gt_mask is None else self.gt_mask.pin_memory(),
+        )
+
 
 def collate_slices(items: list[dict]) -> SliceBatch:
     """Collate dataset items {source, target, brain_mask, gt_mask?, subject_id, slice_index} to a SliceBatch.
