@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mmccd"
 #: the layer of each top-level unit: a unit may import only units of its own or a lower layer
 LAYERS = {
     "errors": 0, "paths": 0, "config": 0, "atomic": 0, "provenance": 0, "distributed": 0, "progress": 0,
-    "runtime": 1, "masks": 1, "data": 1,
+    "runtime": 1, "masks": 1, "data": 1, "locks": 1, "memory": 1,
     "models": 2, "checkpoints": 2, "training": 3,
     "scoring": 4, "evaluation": 4,
     "pipeline": 5, "api": 6, "cli": 6,
@@ -35,7 +35,12 @@ def package_graph() -> dict[str, set[str]]:
     for path in SRC.rglob("*.py"):
         rel = path.relative_to(SRC.parent).with_suffix("")
         module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # `if TYPE_CHECKING:` imports are for annotations, never run
+                continue
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -45,6 +50,11 @@ def package_graph() -> dict[str, set[str]]:
                 if name.startswith("mmccd.") and unit(name) != unit(module):
                     graph[unit(module)].add(unit(name))
     return graph
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
