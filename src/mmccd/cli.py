@@ -200,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder; an existing benchmark there is resumed")
     from mmccd.scoring import method_names
 
-    p.add_argument("--methods", nargs="+", default=["cyclic-unet", "mmccd", "threshold"], choices=method_names(),
-                   metavar="METHOD", help=f"methods to compare, of {', '.join(method_names())} "
-                   "(default: cyclic-unet mmccd threshold)")
+    p.add_argument("--methods", nargs="+", default=["cyclic-unet", "mmccd", "threshold"], metavar="METHOD",
+                   help=f"methods to compare, of {', '.join(method_names())} (default: cyclic-unet mmccd threshold); "
+                        "METHOD@PRESET is a variant: the method trained and scored with that preset, e.g. "
+                        "mmccd@fast-cal (docs/methods.md)")
     p.add_argument("--folds", type=int, metavar="K",
                    help="subject-level K-fold cross-validation (folds written once to prepared/folds.json): every "
                         "subject is tested once; without it, the store's one split (splits.json)")
