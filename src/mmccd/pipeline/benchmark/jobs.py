@@ -97,7 +97,8 @@ def evaluate_spec(spec: RunSpec, plan: EvalPlan) -> dict[tuple[str, str, str], E
                     spec.run, settings, slices=slices, device=plan.device, postprocess=pp,
                     out_dir=plan.folder(spec.run, test_set, slices, pp, spec.variant_tag if spec.shares_run else None),
                     test_store=test_set.store,
-                    test_ids=list(test_set.ids) if test_set.ids is not None else None, overwrite=True, reuse=True)
+                    test_ids=list(test_set.ids) if test_set.ids is not None else None, overwrite=True, reuse=True,
+                    views="none")  # the benchmark writes its own views, from these evaluations' cached maps
     return out
 
 
