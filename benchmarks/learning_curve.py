@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import json
 import shutil
 import sys
@@ -87,6 +88,7 @@ def main() -> None:
     p.add_argument("--reference", action="store_true", help="also score MMCCD with the published protocol")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     pair = tuple(args.pair.split(":"))

@@ -15,6 +15,7 @@ Resumable (run it again to continue the training); the export writes float16 wei
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", type=Path, help="export the model file here when training has finished")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     source, target = args.pair.split(":")
     store = PreparedStore.open(args.prepared)
     splits = store.splits()
