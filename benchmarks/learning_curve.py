@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import json
+import logging
 import shutil
 import sys
 import time
