@@ -1,0 +1,1 @@
+"""Raw scans -> BraTS-like cases (mmccd preprocess); see docs/preprocess.md."""
