@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mmccd.config import MODALITIES
 from mmccd.data.raw.pipeline import PreprocessConfig, describe, preprocess_case, reusable
+from mmccd.data.raw.reading import find_contrasts
 from mmccd.errors import DataError, MmccdError
 
 log = logging.getLogger("mmccd")
@@ -44,6 +45,14 @@ def raw_cases(root: str | Path) -> list[Path]:
         raise DataError("no raw case folders", file=root, expected="one subfolder per case",
                         found="no subfolder", fix="to preprocess a single case folder use --case")
     return cases
+
+
+def _wanted(raw: Path, required: Sequence[str], layout: Mapping[str, str] | None) -> list[str]:
+    """The contrasts a finished case must hold to be reused (those present; none when the folder is unreadable)."""
+    try:
+        return list(find_contrasts(raw, layout))
+    except DataError:
+        return list(required)
 
 
 def _one(raw: Path, out: Path, cfg: PreprocessConfig, required: Sequence[str], source: str | None,
@@ -70,7 +79,7 @@ def preprocess_dataset(data_dir: str | Path, out_root: str | Path, cfg: Preproce
     summary = PreprocessSummary()
     todo = []
     for raw in cases:
-        if not overwrite and reusable(out_root / raw.name, cfg):
+        if not overwrite and reusable(out_root / raw.name, cfg, _wanted(raw, required, layout)):
             summary.reused.append(raw.name)
         else:
             todo.append(raw)

@@ -37,7 +37,7 @@ from mmccd.data.raw.brain import BACKENDS, PLAUSIBLE_ML, brain_volume_ml, extrac
 from mmccd.data.raw.extra import versions
 from mmccd.data.raw.geometry import OUTPUT_AXCODES, Grid, output_grid, resample
 from mmccd.data.raw.qc import qc_montage
-from mmccd.data.raw.reading import RawImage, read_case
+from mmccd.data.raw.reading import RawImage, find_contrasts, read_case
 from mmccd.data.raw.record import FORMAT, RECORD, PreprocessedCase, read_record
 from mmccd.data.raw.register import MIN_NMI, check_similarity, nmi_on_grid, register_rigid
 from mmccd.errors import MmccdError, OutputExistsError
@@ -111,22 +111,27 @@ def _settings(cfg: PreprocessConfig) -> dict[str, Any]:
 
 def preprocess_case(raw_case: str | Path, out_dir: str | Path, cfg: PreprocessConfig | None = None,
                     required: Sequence[str] = MODALITIES, source: str | None = None,
-                    layout: Mapping[str, str] | None = None, overwrite: bool = False) -> PreprocessedCase:
+                    layout: Mapping[str, str] | None = None, overwrite: bool = False,
+                    contrasts: Sequence[str] | None = None) -> PreprocessedCase:
     """Preprocess the raw case folder `raw_case` into the case folder `out_dir` (its name is the case id).
+
+    required: contrasts the case must have; contrasts: those to process (None: every one present), e.g.
+    ("t1", "flair") to score FLAIR with T1, when there is one, as the registration and brain reference.
 
     A finished `out_dir` made with the same settings is reused (returned as it is); one made with other
     settings raises OutputExistsError unless `overwrite`. Raises DataError for bad inputs (naming the file)
     and for a registration whose similarity is poor (naming both files); nothing is written then."""
     cfg = cfg or PreprocessConfig()
     raw_case, out_dir = Path(raw_case), Path(out_dir)
-    done = _finished(out_dir, cfg, overwrite)
+    wanted = [c for c in find_contrasts(raw_case, layout) if contrasts is None or c in contrasts or c in required]
+    done = _finished(out_dir, cfg, overwrite, wanted)
     if done is not None:
         return done
     case_id = out_dir.name
     _set_threads(cfg.threads)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    raws = read_case(raw_case, required, layout)
+    raws = read_case(raw_case, required, layout, contrasts)
     seconds["read"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -183,13 +188,15 @@ def preprocess_case(raw_case: str | Path, out_dir: str | Path, cfg: PreprocessCo
     return PreprocessedCase(out_dir, record)
 
 
-def reusable(out_dir: str | Path, cfg: PreprocessConfig) -> bool:
-    """True when `out_dir` holds a finished case made with the settings of `cfg`."""
+def reusable(out_dir: str | Path, cfg: PreprocessConfig, wanted: Sequence[str] = ()) -> bool:
+    """True when `out_dir` holds a finished case made with the settings of `cfg` holding the `wanted` contrasts."""
     record = read_record(out_dir) if Path(out_dir).is_dir() else None
-    return record is not None and record.get("settings") == _settings(cfg)
+    return (record is not None and record.get("settings") == _settings(cfg)
+            and set(wanted) <= set(record.get("contrasts", {})))
 
 
-def _finished(out_dir: Path, cfg: PreprocessConfig, overwrite: bool) -> PreprocessedCase | None:
+def _finished(out_dir: Path, cfg: PreprocessConfig, overwrite: bool, wanted: Sequence[str]
+              ) -> PreprocessedCase | None:
     """The finished case in `out_dir` when it can be reused; None when it must be (re)made."""
     if not out_dir.exists():
         return None
@@ -207,6 +214,10 @@ def _finished(out_dir: Path, cfg: PreprocessConfig, overwrite: bool) -> Preproce
         found = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise OutputExistsError(f"{out_dir} was preprocessed with other settings ({found}): use the same settings, "
                                 "another --out, or --overwrite")
+    missing = [c for c in wanted if c not in record.get("contrasts", {})]
+    if missing:
+        raise OutputExistsError(f"{out_dir} was preprocessed without {', '.join(missing)} "
+                                f"(it holds {', '.join(record.get('contrasts', {}))}): use --overwrite to redo it")
     log.info("case %s: already preprocessed in %s (reused)", out_dir.name, out_dir)
     return PreprocessedCase(out_dir, record)
 

@@ -191,11 +191,14 @@ def _read_dicom(folder: Path, contrast: str, case: str | None) -> RawImage:
 
 
 def read_case(folder: str | Path, required: Sequence[str] = MODALITIES,
-              layout: Mapping[str, str] | None = None) -> dict[str, RawImage]:
-    """Every contrast of the raw case `folder` (MODALITIES order). DataError for a required contrast that
-    is missing (naming the folder and what it holds) and for any file that cannot be read."""
+              layout: Mapping[str, str] | None = None, only: Sequence[str] | None = None) -> dict[str, RawImage]:
+    """Every contrast of the raw case `folder` (MODALITIES order), or those of `only` that are present.
+    DataError for a required contrast that is missing (naming the folder and what it holds) and for any
+    file that cannot be read."""
     folder = Path(folder)
     entries = find_contrasts(folder, layout)
+    if only is not None:
+        entries = {c: p for c, p in entries.items() if c in only or c in required}
     missing = [c for c in required if c not in entries]
     if missing:
         held = ", ".join(f"{p.name} ({c})" for c, p in entries.items()) or "no entry naming a contrast"

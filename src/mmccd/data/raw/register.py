@@ -4,9 +4,11 @@ Why SimpleITK and not ANTsPy: on these 2 cores it was as accurate and faster, an
 pinning numpy / scipy below the versions the rest of mmccd uses (docs/preprocess.md has the numbers
 and `benchmarks/preprocess_speed.py --compare-ants` the command).
 
-Method: Mattes mutual information (32 bins, 5 % random samples), Euler 3D transform (rotation about
-the fixed image's centre + shift), regular-step gradient descent, three levels (shrink 4, 2, 1;
-smoothing 2, 1, 0 mm), started from the scanner coordinates (identity: the sequences of one session
+Method: Mattes mutual information (32 bins, 50k random samples), Euler 3D transform (rotation about
+the fixed image's centre + shift), regular-step gradient descent, three levels: block-averaged copies
+of both images at about 4 mm and 2 mm, then the images themselves (block means are cheap anti-aliasing;
+ITK's own pyramid smooths both whole volumes at every level, which cost more than the optimisation
+here), started from the scanner coordinates (identity: the sequences of one session
 share the scanner's world; `init="moments"` aligns the centres of mass first, for scans from
 different sessions).
 """
@@ -23,6 +25,7 @@ from mmccd.data.raw.geometry import LPS_FLIP, ras_to_lps
 from mmccd.errors import DataError
 
 NMI_BINS = 32
+LEVELS_MM = (4.0, 2.0, 0.0)  # pyramid: ~4 mm, ~2 mm, native
 MIN_NMI = 1.15  # below: a gross failure (e.g. 180 degrees off) or unrelated images; calibrated in docs/preprocess.md
 
 
@@ -66,43 +69,73 @@ def _euler_to_ras(tx) -> np.ndarray:
     return ras_to_lps(lps)
 
 
-def register_rigid(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray,
-                   init: str = "scanner", samples: int = 50_000, seed: int = 0, threads: int | None = None,
-                   shrink: tuple[int, ...] = (4, 2, 1), smoothing: tuple[float, ...] = (2.0, 1.0, 0.0),
-                   iterations: int = 100, learning_rate: float = 2.0, relaxation: float = 0.5,
-                   bins: int = 32) -> Registration:
-    """Rigidly register `moving` (X', Y', Z') to `fixed` (X, Y, Z), each on its own grid (RAS affines).
+def block_mean(data: np.ndarray, affine: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(data, affine) averaged over blocks of round(target_mm / voxel size) voxels per axis (at least 1):
+    an anti-aliased coarse copy for a pyramid level, at the cost of one pass over the volume."""
+    zooms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+    f = np.maximum(1, np.round(target_mm / zooms)).astype(int)
+    if np.all(f == 1):
+        return data, affine
+    n = np.asarray(data.shape) // f
+    blocks = np.asarray(data[: n[0] * f[0], : n[1] * f[1], : n[2] * f[2]], dtype=np.float32)
+    coarse = blocks.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean(axis=(1, 3, 5), dtype=np.float32)
+    scale = np.eye(4)
+    scale[:3, :3] = np.diag(f)
+    scale[:3, 3] = (f - 1) / 2  # a block's centre, in the fine voxel indices
+    return coarse, np.asarray(affine, dtype=float) @ scale
 
-    Returns the fixed -> moving world transform; deterministic for a given `seed` and thread count."""
-    sitk = require("SimpleITK", "co-registration")
-    if threads:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    f_img, m_img = to_sitk(fixed, fixed_affine), to_sitk(moving, moving_affine)
-    if init == "moments":
-        start = sitk.CenteredTransformInitializer(f_img, m_img, sitk.Euler3DTransform(),
-                                                  sitk.CenteredTransformInitializerFilter.MOMENTS)
-    elif init == "scanner":
-        start = sitk.Euler3DTransform()
-        size = np.asarray(f_img.GetSize(), dtype=float)
-        start.SetCenter(f_img.TransformContinuousIndexToPhysicalPoint(list((size - 1) / 2)))
-    else:
-        raise ValueError(f"init must be 'scanner' or 'moments', not {init!r}")
+
+def _level(sitk, samples: int, n_voxels: int, seed: int, iterations: int, bins: int):
+    """One level of the registration: Mattes MI at `samples` random points, regular-step gradient descent."""
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    n_fixed = float(np.prod(f_img.GetSize()))
-    reg.SetMetricSamplingPercentagePerLevel([min(1.0, samples * s**3 / n_fixed) for s in shrink], seed)
+    reg.SetMetricSamplingPercentage(min(1.0, samples / n_voxels), seed)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=1e-3, numberOfIterations=iterations,
-                                                 relaxationFactor=relaxation, gradientMagnitudeTolerance=1e-6)
+    # gradients at the sample points only, not a gradient image of each whole volume
+    reg.SetMetricUseFixedImageGradientFilter(False)
+    reg.SetMetricUseMovingImageGradientFilter(False)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
+                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(shrink))
-    reg.SetSmoothingSigmasPerLevel(list(smoothing))
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(start, inPlace=False)
-    out = reg.Execute(f_img, m_img)
-    euler = sitk.Euler3DTransform(out.GetNthTransform(0) if hasattr(out, "GetNthTransform") else out)
-    return Registration(_euler_to_ras(euler), float(reg.GetMetricValue()), int(reg.GetOptimizerIteration()))
+    return reg
+
+
+def register_rigid(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray,
+                   init: str = "scanner", samples: int = 50_000, seed: int = 1, threads: int | None = None,
+                   levels_mm: tuple[float, ...] = LEVELS_MM, iterations: int = 100, bins: int = 32) -> Registration:
+    """Rigidly register `moving` (X', Y', Z') to `fixed` (X, Y, Z), each on its own grid (RAS affines).
+
+    levels_mm: the pyramid, coarse to fine: block-averaged copies of both images at about these voxel
+    sizes (0: the images themselves). seed: of the random samples, non-zero (SimpleITK reads 0 as "seed
+    from the clock"). Returns the fixed -> moving world transform; the same inputs, seed and thread count
+    give the same result (to about 1e-3 mm: the threads' sums are added in varying order)."""
+    if seed == 0:
+        raise ValueError("seed must be non-zero (SimpleITK takes 0 as 'seed from the wall clock')")
+    sitk = require("SimpleITK", "co-registration")
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    if init not in ("scanner", "moments"):
+        raise ValueError(f"init must be 'scanner' or 'moments', not {init!r}")
+    transform = None
+    reg = None
+    for mm in levels_mm:
+        f_data, f_aff = block_mean(fixed, fixed_affine, mm)
+        m_data, m_aff = block_mean(moving, moving_affine, mm)
+        f_img, m_img = to_sitk(f_data, f_aff), to_sitk(m_data, m_aff)
+        if transform is None:
+            if init == "moments":
+                transform = sitk.CenteredTransformInitializer(f_img, m_img, sitk.Euler3DTransform(),
+                                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
+            else:
+                transform = sitk.Euler3DTransform()
+                size = np.asarray(f_img.GetSize(), dtype=float)
+                transform.SetCenter(f_img.TransformContinuousIndexToPhysicalPoint(list((size - 1) / 2)))
+        reg = _level(sitk, samples, int(np.prod(f_data.shape)), seed, iterations, bins)
+        reg.SetInitialTransform(transform, inPlace=False)
+        out = reg.Execute(f_img, m_img)
+        transform = sitk.Euler3DTransform(out.GetNthTransform(0) if hasattr(out, "GetNthTransform") else out)
+    return Registration(_euler_to_ras(transform), float(reg.GetMetricValue()), int(reg.GetOptimizerIteration()))
 
 
 # ---------------------------------------------------------------- similarity
