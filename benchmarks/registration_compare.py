@@ -10,7 +10,10 @@ Libraries run in turns per case (A B A B ...) so that the load of a shared machi
     python benchmarks/registration_compare.py --cases 26             # SimpleITK only
     python benchmarks/registration_compare.py --cases 6 --ants       # + ANTsPy (pip install antspyx)
     python benchmarks/registration_compare.py --cases 8 --similarity # NMI at the truth vs off it
+    python benchmarks/registration_compare.py --self --names Brats18_CBICA_ABM_1 Brats18_TCIA03_265_1
 
+--self registers the BraTS files themselves (T1ce, T2, FLAIR to T1, all on one grid: the truth is the
+identity) and prints how far the optimum lies from BraTS's own alignment; --names picks cases by name.
 --similarity prints the normalised mutual information (register.nmi_on_grid) at the true transform
 and at transforms that are off by 5 / 15 mm, 10 / 180 degrees: how MIN_NMI was chosen.
 Threads: --threads (default 2) for both libraries.
@@ -108,6 +111,21 @@ def compare(cases: list[Path], libraries: list[str], threads: int) -> None:
               f"{ok:>5d}/{len(a):<4d} {statistics.median(a[:, 2]):8.1f}")
 
 
+def self_registration(cases: list[Path], threads: int) -> None:
+    from mmccd.data.raw.geometry import transform_error
+    from mmccd.data.raw.register import register_rigid
+
+    for folder in cases:
+        vols, affine = load_case(folder)
+        line = [folder.name]
+        for c in ("t1ce", "t2", "flair"):
+            pts = brain_points(vols, affine, c, np.eye(4))
+            est = register_rigid(vols["t1"], affine, vols[c], affine, threads=threads).transform
+            mm, deg = transform_error(est, np.eye(4), pts)
+            line.append(f"{c} {mm:.2f}mm/{deg:.2f}deg")
+        print("  ".join(line), flush=True)
+
+
 def similarity(cases: list[Path]) -> None:
     from mmccd.data.raw.geometry import output_grid, resample, rigid_matrix
     from mmccd.data.raw.rawlike import make_rawlike
@@ -146,14 +164,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ants", action="store_true", help="also ANTsPy (its default Rigid, and matched levels)")
     ap.add_argument("--similarity", action="store_true", help="print the NMI calibration instead")
+    ap.add_argument("--self", action="store_true", help="register the BraTS files themselves (truth: identity)")
+    ap.add_argument("--names", nargs="+", help="these case folders instead of --cases evenly spread ones")
     args = ap.parse_args()
     if args.data is None:
         raise SystemExit("no BraTS folder: pass --data or set MMCCD_REAL_DATA")
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)  # ANTs reads it at import
     folders = sorted(p for p in args.data.iterdir() if p.is_dir())
     pick = np.unique(np.linspace(0, len(folders) - 1, min(args.cases, len(folders))).round().astype(int))
-    cases = [folders[i] for i in pick]
-    if args.similarity:
+    cases = [args.data / n for n in args.names] if args.names else [folders[i] for i in pick]
+    if args.self:
+        self_registration(cases, args.threads)
+    elif args.similarity:
         similarity(cases)
     else:
         compare(cases, ["simpleitk"] + (["ants", "ants-matched"] if args.ants else []), args.threads)

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from raw_helpers import load_brats, needs_data, needs_sitk, real_case, write_rawlike
+from scipy import ndimage
 
 from mmccd.data.discovery import discover_case
 from mmccd.data.raw.geometry import fov_corners, resample, transform_error
@@ -145,8 +146,9 @@ def test_poor_registration_stops_naming_both_files_and_writes_nothing(tmp_path):
     vols, affine = load_brats(folder, ("t1", "t2"))
     rl = make_rawlike(vols, affine)
     t2 = rl.images["t2"]
-    # the header says aligned, the content is turned 180 degrees (coronal plane): no rigid start recovers that
-    rl.images["t2"] = nib.Nifti1Image(np.asarray(t2.dataobj)[::-1, :, ::-1].copy(), t2.affine)
+    # the T2 file holds something else (smooth random blobs) on the same grid: nothing to align with T1
+    blobs = ndimage.gaussian_filter(np.random.default_rng(0).random(t2.shape, dtype=np.float32), 4) * 4000
+    rl.images["t2"] = nib.Nifti1Image(blobs.astype(np.int16), t2.affine)
     raw = write_rawlike(tmp_path / "raw" / "bad", rl)
     out = tmp_path / "cases" / "bad"
     with pytest.raises(DataError, match=r"T2_tse.nii.gz registered to .*T1w.nii.gz: co-registration failed"):

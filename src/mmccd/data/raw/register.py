@@ -26,6 +26,8 @@ from mmccd.errors import DataError
 
 NMI_BINS = 32
 LEVELS_MM = (4.0, 2.0, 0.0)  # pyramid: ~4 mm, ~2 mm, native
+SAMPLES = (50_000, 50_000, 50_000)  # random metric samples per level
+ITERATIONS = (100, 100, 100)  # at most, per level
 MIN_NMI = 1.15  # below: a gross failure (e.g. 180 degrees off) or unrelated images; calibrated in docs/preprocess.md
 
 
@@ -102,12 +104,13 @@ def _level(sitk, samples: int, n_voxels: int, seed: int, iterations: int, bins: 
 
 
 def register_rigid(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray,
-                   init: str = "scanner", samples: int = 50_000, seed: int = 1, threads: int | None = None,
-                   levels_mm: tuple[float, ...] = LEVELS_MM, iterations: int = 100, bins: int = 32) -> Registration:
+                   init: str = "scanner", samples: tuple[int, ...] = SAMPLES, seed: int = 1,
+                   threads: int | None = None, levels_mm: tuple[float, ...] = LEVELS_MM,
+                   iterations: tuple[int, ...] = ITERATIONS, bins: int = 32) -> Registration:
     """Rigidly register `moving` (X', Y', Z') to `fixed` (X, Y, Z), each on its own grid (RAS affines).
 
     levels_mm: the pyramid, coarse to fine: block-averaged copies of both images at about these voxel
-    sizes (0: the images themselves). seed: of the random samples, non-zero (SimpleITK reads 0 as "seed
+    sizes (0: the images themselves); samples and iterations: per level. seed: of the random samples, non-zero (SimpleITK reads 0 as "seed
     from the clock"). Returns the fixed -> moving world transform; the same inputs, seed and thread count
     give the same result (to about 1e-3 mm: the threads' sums are added in varying order)."""
     if seed == 0:
@@ -119,7 +122,7 @@ def register_rigid(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarr
         raise ValueError(f"init must be 'scanner' or 'moments', not {init!r}")
     transform = None
     reg = None
-    for mm in levels_mm:
+    for mm, n_samples, n_iter in zip(levels_mm, samples, iterations, strict=True):
         f_data, f_aff = block_mean(fixed, fixed_affine, mm)
         m_data, m_aff = block_mean(moving, moving_affine, mm)
         f_img, m_img = to_sitk(f_data, f_aff), to_sitk(m_data, m_aff)
@@ -131,7 +134,7 @@ def register_rigid(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarr
                 transform = sitk.Euler3DTransform()
                 size = np.asarray(f_img.GetSize(), dtype=float)
                 transform.SetCenter(f_img.TransformContinuousIndexToPhysicalPoint(list((size - 1) / 2)))
-        reg = _level(sitk, samples, int(np.prod(f_data.shape)), seed, iterations, bins)
+        reg = _level(sitk, n_samples, int(np.prod(f_data.shape)), seed, n_iter, bins)
         reg.SetInitialTransform(transform, inPlace=False)
         out = reg.Execute(f_img, m_img)
         transform = sitk.Euler3DTransform(out.GetNthTransform(0) if hasattr(out, "GetNthTransform") else out)
