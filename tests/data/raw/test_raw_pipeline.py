@@ -6,13 +6,22 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from raw_helpers import load_brats, needs_data, needs_sitk, real_case, write_rawlike
+from raw_helpers import (
+    load_brats,
+    needs_data,
+    needs_dicom,
+    needs_sitk,
+    real_case,
+    write_dicom_series,
+    write_rawlike,
+)
 from scipy import ndimage
 
 from mmccd.data.discovery import discover_case
 from mmccd.data.raw.geometry import fov_corners, resample, transform_error
 from mmccd.data.raw.pipeline import PreprocessConfig, preprocess_case
 from mmccd.data.raw.rawlike import grid_for, make_rawlike
+from mmccd.data.raw.reading import read_contrast
 from mmccd.data.raw.record import RECORD, PreprocessedCase
 from mmccd.errors import DataError, OutputExistsError
 
@@ -159,3 +168,34 @@ def test_poor_registration_stops_naming_both_files_and_writes_nothing(tmp_path):
 def test_preprocessed_case_load_refuses_other_folders(tmp_path):
     with pytest.raises(DataError, match="not a preprocessed case folder.*mmccd preprocess"):
         PreprocessedCase.load(tmp_path)
+
+
+@needs_dicom
+def test_dicom_case_is_recorded_and_maps_go_back_to_its_grid(tmp_path):
+    x, y, z = np.meshgrid(np.arange(48) - 24, np.arange(40) - 20, np.arange(12) - 6, indexing="ij")
+    vol = 800.0 * ((x / 20) ** 2 + (y / 16) ** 2 + (z / 5) ** 2 < 1)
+    raw = tmp_path / "raw" / "d01"
+    write_dicom_series(raw / "T1_MPRAGE", vol, spacing=(1.0, 1.0, 3.0))
+    case = preprocess_case(raw, tmp_path / "cases" / "d01", NONE, required=("t1",))
+    entry = case.record["contrasts"]["t1"]
+    assert entry["kind"] == "dicom" and len(entry["files"]) == 12 and entry["series_uid"]
+    assert entry["raw_grid"]["shape"] == [48, 40, 12]
+    mask = nib.load(str(case.root / case.record["brain"]["mask"])).get_fdata() > 0
+    back = case.to_raw(mask, "t1")
+    truth = read_contrast(raw / "T1_MPRAGE", "t1").data > 0
+    assert 2 * (back & truth).sum() / (back.sum() + truth.sum()) > 0.97
+
+
+def test_dataset_runs_in_parallel_reports_failures_and_resumes(tmp_path):
+    from mmccd.data.raw.batch import preprocess_dataset
+
+    for name in ("p01", "p02"):
+        _oblique_t1(tmp_path / "raw" / name)
+    (tmp_path / "raw" / "p03").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / "raw" / "p03" / "FLAIR.nii.gz"))
+    first = preprocess_dataset(tmp_path / "raw", tmp_path / "cases", NONE, required=("t1",), workers=2)
+    assert first.done == ["p01", "p02"] and [c for c, _ in first.failed] == ["p03"]
+    assert "t1 image is missing" in first.failed[0][1]
+    again = preprocess_dataset(tmp_path / "raw", tmp_path / "cases", NONE, required=("t1",), workers=1)
+    assert again.reused == ["p01", "p02"] and not again.done and [c for c, _ in again.failed] == ["p03"]
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["p01", "p02"]

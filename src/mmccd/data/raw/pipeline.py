@@ -30,7 +30,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from mmccd import __version__
 from mmccd.config import MODALITIES
 from mmccd.data.io import atomic_write_text
 from mmccd.data.raw.brain import BACKENDS, PLAUSIBLE_ML, brain_volume_ml, extract_brain, stripped_mask
@@ -39,8 +38,9 @@ from mmccd.data.raw.geometry import OUTPUT_AXCODES, Grid, output_grid, resample
 from mmccd.data.raw.qc import qc_montage
 from mmccd.data.raw.reading import RawImage, find_contrasts, read_case
 from mmccd.data.raw.record import FORMAT, RECORD, PreprocessedCase, read_record
-from mmccd.data.raw.register import MIN_NMI, check_similarity, nmi_on_grid, register_rigid
+from mmccd.data.raw.register import METHOD, MIN_NMI, check_similarity, nmi_on_grid, register_rigid
 from mmccd.errors import MmccdError, OutputExistsError
+from mmccd.provenance import code_version
 
 log = logging.getLogger("mmccd")
 RESUME_IGNORES = ("threads", "device")  # settings that do not change what is written
@@ -179,9 +179,8 @@ def preprocess_case(raw_case: str | Path, out_dir: str | Path, cfg: PreprocessCo
         "brain": {"backend": cfg.brain, "volume_ml": round(volume_ml, 1), "plausible": plausible,
                   "mask": f"{case_id}_brainmask.nii.gz"},
         "registration": {"library": "SimpleITK", "init": cfg.init, "min_similarity": cfg.min_similarity,
-                         "method": "rigid (Euler 3D), Mattes MI 32 bins, 50k random samples per level, "
-                                   "regular-step gradient descent, shrink 4-2-1, smoothing 2-1-0 mm"},
-        "settings": _settings(cfg), "mmccd": __version__, "versions": versions(), "seconds": seconds,
+                         "method": METHOD},
+        "settings": _settings(cfg), "mmccd": code_version(), "versions": versions(), "seconds": seconds,
         "qc": f"{case_id}_qc.png" if cfg.qc else None,
     }
     _write_case(out_dir, on_grid, mask, grid, record, cfg)

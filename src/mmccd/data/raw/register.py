@@ -28,6 +28,8 @@ NMI_BINS = 32
 LEVELS_MM = (4.0, 2.0, 0.0)  # pyramid: ~4 mm, ~2 mm, native
 SAMPLES = (50_000, 50_000, 50_000)  # random metric samples per level
 ITERATIONS = (100, 100, 100)  # at most, per level
+METHOD = (f"rigid (Euler 3D), Mattes MI 32 bins, {SAMPLES[-1] // 1000}k random samples, regular-step gradient "
+          f"descent, levels: block means at {LEVELS_MM[0]:g} and {LEVELS_MM[1]:g} mm, then native")  # for the record
 MIN_NMI = 1.15  # below: a gross failure (e.g. 180 degrees off) or unrelated images; calibrated in docs/preprocess.md
 
 
