@@ -65,7 +65,7 @@ def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(1.0, 1.0, 2.0)
 
 
 RAW_NAMES = {"t1": "T1w.nii.gz", "t1ce": "t1_GD.nii.gz", "t2": "T2_tse.nii.gz", "flair": "AX_FLAIR.nii.gz"}
-TEST_CASE = "Brats18_TCIA01_201_1"  # BraTS aligns its contrasts within ~0.6 mm of the MI optimum here (docs/preprocess.md)
+TEST_CASE = "Brats18_TCIA01_201_1"  # BraTS aligns its contrasts within 0.12 mm of the MI optimum here (docs/preprocess.md)
 
 
 def real_case(name: str = TEST_CASE) -> Path:

@@ -2,7 +2,7 @@
 
 Why SimpleITK and not ANTsPy: on these 2 cores it was as accurate and faster, and it installs without
 pinning numpy / scipy below the versions the rest of mmccd uses (docs/preprocess.md has the numbers
-and `benchmarks/preprocess_speed.py --compare-ants` the command).
+and `benchmarks/registration_compare.py --ants` the command).
 
 Method: Mattes mutual information (32 bins, 50k random samples), Euler 3D transform (rotation about
 the fixed image's centre + shift), regular-step gradient descent, three levels: block-averaged copies
