@@ -1,0 +1,65 @@
+"""The skull-stripping guard rail: fires on a (synthetic) head, never on a real BraTS case."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+from raw_helpers import DATA, UNLABELED, needs_data, real_case
+
+from mmccd.data.raw.rawlike import add_head
+from mmccd.data.raw.skull import looks_skull_stripped
+
+
+def _ellipsoid_brain(shape=(160, 190, 150)) -> np.ndarray:
+    """A 1 mm 'brain': an ellipsoid of about 1.3 l with a smooth tissue pattern and darker ventricles."""
+    x, y, z = np.meshgrid(*(np.arange(s) - s / 2 for s in shape), indexing="ij")
+    r = (x / 62) ** 2 + (y / 78) ** 2 + (z / 62) ** 2
+    vol = (600 + 200 * np.sin(x / 7) * np.cos(y / 9)).astype(np.float32) * (r < 1)
+    vol[(x / 12) ** 2 + (y / 30) ** 2 + (z / 15) ** 2 < 1] = 150
+    return vol
+
+
+def test_fires_on_a_synthetic_head_not_on_its_brain():
+    brain = _ellipsoid_brain()
+    assert looks_skull_stripped(brain, np.eye(4), "brain.nii.gz") is None
+    for noise in (0.0, 0.02):  # zero background: the ring sign; noisy background: the volume sign
+        warning = looks_skull_stripped(add_head(brain, (1, 1, 1), noise=noise), np.eye(4), "head.nii.gz")
+        assert warning is not None and "head.nii.gz" in warning and "mmccd preprocess" in warning
+
+
+def test_fires_on_a_partial_volume_and_respects_voxel_size():
+    brain = _ellipsoid_brain()
+    assert "only" in looks_skull_stripped(brain[:, :, 60:75], np.eye(4), "slab.nii.gz")
+    assert looks_skull_stripped(brain[::2, ::2, ::2], np.diag([2.0, 2.0, 2.0, 1.0]), "b.nii.gz") is None
+
+
+@needs_data
+def test_real_case_passes_and_its_head_fires():
+    folder = real_case()
+    for c in ("t1", "flair"):
+        img = nib.load(str(folder / f"{folder.name}_{c}.nii.gz"))
+        data = img.get_fdata(dtype=np.float32)
+        assert looks_skull_stripped(data, img.affine, folder.name) is None
+        assert looks_skull_stripped(add_head(data, img.header.get_zooms()), img.affine, "head") is not None
+
+
+def _all_real_files():
+    files = []
+    for root in (DATA, UNLABELED):
+        if root is not None:
+            files += sorted(p for p in root.glob("*/*.nii.gz") if "seg" not in p.name)
+    return files
+
+
+@pytest.mark.slow
+@needs_data
+def test_no_warning_on_any_real_brats_volume():
+    """Every contrast of the 26 BraTS cases (and the 2 unlabeled ones when $MMCCD_UNLABELED_DATA is set)."""
+    files = _all_real_files()
+    assert len(files) >= 4 * 26
+    fired = []
+    for f in files:
+        img = nib.load(str(f))
+        w = looks_skull_stripped(img.get_fdata(dtype=np.float32), img.affine, f)
+        if w:
+            fired.append(w)
+    assert not fired
