@@ -18,6 +18,7 @@ from mmccd.errors import MmccdError
 log = logging.getLogger("mmccd")
 
 EPILOG = """stages, in order:
+  preprocess raw scans (not skull-stripped, not co-registered; NIfTI or DICOM) -> BraTS-layout cases
   prepare   NIfTI cases -> normalised, cropped slice store + subject splits (splits.json)
   train     train a method's networks on healthy slices of the training subjects
   evaluate  threshold on validation subjects, metrics on test subjects, report
@@ -170,7 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score with this preset's `score` section: auto (default: fast for MMCCD runs, else the "
                         "run's), fast, reference (the published protocol, ~1000x slower), run, or a YAML file")
     p.add_argument("--no-view", action="store_true", help="do not write <case>_view.html (the browsable case view)")
+    p.add_argument("--preprocess", action="store_true",
+                   help="each --case is a RAW scan folder (not skull-stripped, not co-registered; NIfTI or DICOM): "
+                        "run `mmccd preprocess` on it first (into OUT/preprocessed/) and write the maps back onto the "
+                        "raw source scan's own grid (needs mmccd[preprocess])")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs for these cases")
+
+    from mmccd.data.raw import cli as preprocess_cli
+
+    preprocess_cli.add_parser(sub)
 
     p = sub.add_parser("export", help="a trained run as one model file (weights, threshold, settings, provenance)",
                        description="Write one self-describing model file of a trained run: config, EMA weights, the "
@@ -332,7 +341,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         with distributed_session(args.device or "auto"):
             summary = score_cases(args.run, args.case, args.out, threshold=args.threshold, device=args.device,
                                   overwrite=args.overwrite, scoring=args.scoring, view=not args.no_view,
-                                  model=args.model)
+                                  model=args.model, preprocess=args.preprocess)
             if not is_main():  # every rank holds the merged summary; rank 0 prints it
                 return 1 if summary.skipped and not summary.written else 0
         for case_id, files in summary.written.items():
@@ -340,6 +349,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         for case_id, why in summary.skipped:
             print(f"skipped {case_id}: {why}", file=sys.stderr)
         return 1 if summary.skipped and not summary.written else 0
+    if args.command == "preprocess":
+        from mmccd.data.raw import cli as preprocess_cli
+
+        return preprocess_cli.main(args)
     if args.command == "export":
         from mmccd.pipeline.export import export_run
 

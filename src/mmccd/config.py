@@ -25,6 +25,8 @@ Modality = Literal["t1", "t1ce", "t2", "flair"]
 Method = Literal["cyclic-unet", "mmccd", "threshold", "ae", "dae", "ddpm", "cddpm"]
 Amp = Literal["none", "bf16", "fp16", "auto"]
 _LITERAL_NOUNS = {typing.get_args(Modality): "contrast", typing.get_args(Method): "method"}
+#: contrasts in which tumour and oedema are hyperintense (the rest: T1, hypointense)
+BRIGHT_CONTRASTS = ("flair", "t2", "t1ce")
 REFERENCE_SIZE = 128  # px: the size at which the paper quotes stripe widths and strides
 
 
@@ -131,6 +133,8 @@ class ScoreConfig:
     calibration: Literal["none", "intensity", "intensity-edge"] = "none"  # relative to healthy tissue (calibration.py)
     calibration_bins: int = 32  # source-intensity bins of the healthy calibration
     calibration_edge_bins: int = 4  # "intensity-edge": gradient-magnitude bins (healthy quantiles) per intensity bin
+    residual: Literal["squared", "bright", "dark", "auto"] = "squared"  # which side of (source - recon) counts;
+    # auto: only hyperintense deviations for FLAIR, T2, T1ce and hypointense ones for T1 (where lesions lie)
     extra_targets: tuple[Modality, ...] = ()  # MMCCD: more target contrasts (their runs beside this one), combined
     refine_iterations: int = 0  # MMCCD: iterative mask refinement after the first map (IterMask-style); 0 = off
     refine_quantile: float = 0.9  # ... pixels above this quantile of a slice's first map stay hidden at first

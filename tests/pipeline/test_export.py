@@ -16,7 +16,7 @@ from mmccd.config import load_config
 from mmccd.data.phantom import write_phantom_dataset
 from mmccd.data.prepare import prepare_dataset
 from mmccd.errors import CheckpointError
-from mmccd.pipeline.export import MODEL_FORMAT, export_run, load_model
+from mmccd.pipeline.export import MODEL_FORMAT, builtin_path, export_run, load_model
 from mmccd.pipeline.runs import train_run
 from mmccd.pipeline.score import score_cases
 
@@ -131,3 +131,22 @@ def test_a_multi_target_model_bundles_its_targets_and_scores_like_its_runs(train
                 threshold=loaded.threshold)
     score_cases(None, [case], tmp_path / "by-model", model=model, view=False)
     assert np.array_equal(_map(tmp_path / "by-run", case), _map(tmp_path / "by-model", case))
+def test_the_builtin_model_loads_and_scores_a_synthetic_slice():
+    path = builtin_path("flair-t2")
+    assert path.stat().st_size <= 12e6
+    model = load_model("builtin:flair-t2", "cpu")
+    info = model.info
+    assert (info["source"], info["target"], info["method"]) == ("flair", "t2", "mmccd")
+    assert "BraTS terms apply" in info["training_data"]["terms"] and model.threshold is not None
+    size = model.method.cfg.prepare.size
+    from mmccd.data.batch import SliceBatch
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    brain = (yy**2 / 0.8 + xx**2 / 0.6) < 1
+    source = torch.where(brain, 0.1 * torch.cos(6 * xx), torch.tensor(-1.0))[None, None]
+    batch = SliceBatch(source=source, target=-source, brain_mask=brain[None, None], subject_id=["synthetic"],
+                       slice_index=torch.zeros(1, dtype=torch.long))
+    out = model.method.score(batch, model.settings, torch.Generator().manual_seed(0)).anomaly_map
+    assert out.shape == source.shape and torch.isfinite(out).all() and (out[~brain[None, None]] == 0).all()
+    with pytest.raises(Exception, match="unknown built-in model 'nope'"):
+        load_model("builtin:nope")

@@ -145,10 +145,10 @@ def test_voxel_size_or_orientation_mismatch(prepare, one_case, change):
     data, case = one_case
     values, affine = voxels(case, "t2")
     if change == "voxel size":
-        affine[2, 2] = 2.0
-        fragments = ("another voxel size", "expected voxel size 1 x 1 x 1 mm", "found 1 x 1 x 2 mm")
+        affine[2, 2] = 2 * affine[0, 0]  # twice as thick (the phantom: 200 mm / 48 voxels = 4.167 mm)
+        fragments = ("another voxel size", "expected voxel size 4.167 x 4.167 x 4.167 mm", "found 4.167 x 4.167 x 8.333 mm")
     else:
-        affine[0, 0] = -1.0
+        affine[0, 0] = -affine[0, 0]  # the same voxel size, the first axis flipped
         fragments = ("another orientation", "expected axes RAS", "found axes LAS", "reorient")
     rewrite(case, "t2", values, affine)
     line = skipped_case(prepare(data), "Phantom_00000_t2.nii.gz", *fragments)

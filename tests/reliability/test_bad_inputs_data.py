@@ -49,7 +49,7 @@ def test_affine_that_is_not_invertible_or_holds_nan(prepare, run_cli, runs, one_
     _, affine = voxels(case, "flair")
     if damage == "NaN":
         affine[1, 1] = np.nan
-        fragments = ("affine (voxel-to-world matrix) holds NaN or infinite values", "found sform [[1, 0, 0, ")
+        fragments = ("affine (voxel-to-world matrix) holds NaN or infinite values", "found sform [[4.167, 0, 0, ")  # the phantom: 200 mm / 48 voxels
     else:
         affine[:3, 2] = 0  # the third axis has no extent: a plane, not a grid
         fragments = ("affine (voxel-to-world matrix) is not invertible", "[0, 0, 0, ")
@@ -169,7 +169,7 @@ def test_image_that_is_not_skull_stripped(prepare, one_case):
     values, _ = voxels(case, "flair")
     rewrite(case, "flair", np.where(values != 0, values, 30.0).astype(np.float32))  # a dim 'scalp' everywhere
     skipped_case(prepare(data), "Phantom_00000_flair.nii.gz", "has no background", "found 0.00% of the voxels 0",
-                 "skull-strip the image")
+                 "mmccd preprocess --case RAW_CASE")
 
 
 # ---------------------------------------------------------------- namings

@@ -217,3 +217,24 @@ def test_source_noise_corrupts_only_the_forward_networks_input(name):
     fwd = [m.losses()["source_to_target"](m.nets["source_to_target"], batch, g()) for m in (plain, noisy)]
     bwd = [m.losses()["target_to_source"](m.nets["target_to_source"], batch, g()) for m in (plain, noisy)]
     assert not torch.equal(fwd[0], fwd[1]) and torch.equal(bwd[0], bwd[1])  # the backward net learns as before
+
+
+# ---------------------------------------------------------------- one-sided residuals
+
+
+def test_one_sided_residual_keeps_only_the_lesion_side():
+    from mmccd.scoring.base import residual, residual_side
+
+    a, b = torch.tensor([0.5, -0.2, 0.1]), torch.tensor([0.1, 0.3, 0.1])
+    assert torch.allclose(residual(a, b), torch.tensor([0.16, 0.25, 0.0]))
+    assert torch.allclose(residual(a, b, "bright"), torch.tensor([0.16, 0.0, 0.0]))
+    assert torch.allclose(residual(a, b, "dark"), torch.tensor([0.0, 0.25, 0.0]))
+    auto = dataclasses.replace(merge(ExperimentConfig(), TINY).score, residual="auto")
+    assert [residual_side(auto, c) for c in ("flair", "t2", "t1ce", "t1")] == ["bright", "bright", "bright", "dark"]
+    method, batch = make_method(), slices()
+    both = method.score(batch, method.cfg.score, torch.Generator().manual_seed(0))
+    bright = method.score(batch, dataclasses.replace(method.cfg.score, residual="bright"),
+                          torch.Generator().manual_seed(0))
+    expected = (batch.source - both.reconstruction).clamp_min(0).pow(2) * batch.brain_mask
+    torch.testing.assert_close(bright.anomaly_map, expected)
+    assert (bright.anomaly_map <= both.anomaly_map + 1e-6).all()

@@ -63,11 +63,15 @@ def _ellipsoid(coords: tuple[np.ndarray, ...], centre: np.ndarray, radii: np.nda
     return np.sqrt(sum(((c - m) / r) ** 2 for c, m, r in zip(coords, centre, radii, strict=True)))
 
 
+FIELD_MM = 200.0  # the phantom head's field of view across its first axis, in mm
+
+
 def make_phantom(seed: int, shape: tuple[int, int, int] = (96, 96, 64), tumour: bool = True) -> dict[str, Any]:
     """One SYNTHETIC subject, deterministic in `seed`.
 
     Returns {"t1","t1ce","t2","flair": (X, Y, Z) float32 (0 = background), "seg": (X, Y, Z) uint8 labels
-    0/1/2/4 (all 0 if tumour=False), "affine": (4, 4) 1 mm diagonal, RAS, axis 2 = superior}."""
+    0/1/2/4 (all 0 if tumour=False), "affine": (4, 4) diagonal, RAS, axis 2 = superior}. Voxels are
+    FIELD_MM / shape[0] mm on a side, so the phantom's brain has a real brain's size (about 1.6 l) at any shape."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     centre = (np.asarray(shape, dtype=float) - 1) / 2
@@ -119,8 +123,9 @@ def make_phantom(seed: int, shape: tuple[int, int, int] = (96, 96, 64), tumour: 
         img = np.sqrt((img + n1) ** 2 + n2**2)
         out[name] = np.where(brain, img * SCALE, 0).astype(np.float32)
     out["seg"] = seg
-    affine = np.eye(4)
-    affine[:3, 3] = -centre
+    voxel = FIELD_MM / shape[0]
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = -centre * voxel
     out["affine"] = affine
     return out
 

@@ -188,7 +188,8 @@ def check_arrays(case: Case, arrays: Mapping[str, np.ndarray], files: Mapping[st
                                     expected=f"a skull-stripped brain with background exactly 0 (at least "
                                              f"{MIN_BACKGROUND:.0%} of the voxels)",
                                     found=f"{background:.2%} of the voxels 0, intensities {lo:g} .. {hi:g}",
-                                    fix="skull-strip the image (e.g. HD-BET, SynthStrip); an intensity offset "
+                                    fix="skull-strip and co-register the raw scan first: `mmccd preprocess --case RAW_CASE --out CASE_DIR` "
+                                        "(or `mmccd score --preprocess`); an intensity offset "
                                         "(scl_inter) also hides the background"))
         elif (r := neighbour_correlation(data)) is not None and r < MIN_NEIGHBOUR_CORRELATION:
             errors.append(DataError(f"the {key} volume looks like pure noise (no anatomy)", case=case.case_id, file=f,
@@ -252,7 +253,23 @@ def validate_loaded(case: Case, images: Mapping[str, nib.Nifti1Image], arrays: M
     result.extend(check_geometry(case, images, files))
     if not result.errors:
         result.errors += check_arrays(case, arrays, files, images)
+    if not result.errors:
+        warning = skull_stripping_warning(images, arrays, files)
+        if warning:
+            result.warnings.append(warning)
     return result
+
+
+def skull_stripping_warning(images: Mapping[str, nib.Nifti1Image], arrays: Mapping[str, np.ndarray],
+                            files: Mapping[str, Path]) -> str | None:
+    """A warning naming the file when a case does not look skull-stripped (one contrast is checked: T1 when
+    present; 0.1-0.3 s), pointing at `mmccd preprocess`; None when it looks like BraTS."""
+    from mmccd.data.raw.skull import looks_skull_stripped  # numpy and scipy only
+
+    key = next((m for m in ("t1", "flair", "t2", "t1ce") if m in arrays), None)
+    if key is None:
+        return None
+    return looks_skull_stripped(np.asarray(arrays[key]), images[key].affine, files[key])
 
 
 def validate_case(case: Case, modalities: Sequence[str], require_seg: bool, read_data: bool = True) -> ValidationResult:

@@ -11,13 +11,15 @@ belongs to one case, so ranks never write the same file; the summaries are merge
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import nibabel as nib
 import numpy as np
 
 from mmccd.atomic import DiskFullError, atomic_write_text, disk_full_error
@@ -105,7 +107,8 @@ def find_threshold(run_dir: Path, settings: ScoreConfig, warn: bool = True) -> t
 @holds_folder_lock("out_dir", "score")  # one writer per output folder (locks.py)
 def score_cases(run_dir: Path | None, inputs: list[Path], out_dir: Path, threshold: float | None = None,
                 device: str | None = None, overwrite: bool = False, on_error: str = "skip",
-                scoring: str | Path | None = "auto", view: bool = True, model: str | Path | None = None) -> ScoreSummary:
+                scoring: str | Path | None = "auto", view: bool = True, model: str | Path | None = None,
+                preprocess: bool = False) -> ScoreSummary:
     """Score case folders / single NIfTI files with a trained run, or with a model file (`model`, e.g. an
     `mmccd export` file or "builtin:flair-t2"); one bad case is reported and skipped.
 
@@ -128,7 +131,10 @@ def score_cases(run_dir: Path | None, inputs: list[Path], out_dir: Path, thresho
     threshold, threshold_from = (threshold, "argument") if threshold is not None else (own, threshold_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ScoreSummary()
-    for case in _rank_cases(_expand_inputs(inputs, cfg.source)):
+    raw: dict[str, Any] = {}  # case id -> its PreprocessedCase (with --preprocess)
+    cases = _expand_inputs(inputs, cfg.source) if not preprocess else _preprocess(inputs, out_dir, cfg.source, raw,
+                                                                                   summary)
+    for case in _rank_cases(cases):
         writing = False  # from a case's first file on, a failure removes the files of that case: all or none
         try:
             outputs = [out_dir / f"{case.case_id}_anomaly.nii.gz", out_dir / f"{case.case_id}_pred_mask.nii.gz",
@@ -137,6 +143,8 @@ def score_cases(run_dir: Path | None, inputs: list[Path], out_dir: Path, thresho
             if existing and not overwrite:
                 raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
             result = score_case(method, settings, case, threshold)
+            if case.case_id in raw:  # back onto the raw scan's grid
+                result = _to_raw(result, raw[case.case_id], cfg.source)
             writing = True
             written = [outputs[0]]
             save_nifti_like(result.anomaly_map, result.reference, outputs[0])
@@ -151,7 +159,7 @@ def score_cases(run_dir: Path | None, inputs: list[Path], out_dir: Path, thresho
                     indices=None, title=f"{case.case_id}: {cfg.method} anomaly map ({cfg.source})")
             written.append(outputs[2])
             if view:
-                gt = _ground_truth(case, result.anomaly_map.shape)
+                gt = _ground_truth(case, result.anomaly_map.shape) if case.case_id not in raw else None
                 write_case_view(outputs[3], result.reference, result.anomaly_map, threshold, result.pred_mask, gt,
                                 f"{case.case_id}: {cfg.method} anomaly map, {cfg.source} → {cfg.target}",
                                 input_label=f"{cfg.source} (input)")
@@ -211,6 +219,36 @@ def _from_model(model: str | Path, device: str | None, scoring: str | Path | Non
         return loaded.method, settings, None, None, loaded.path
     return loaded.method, loaded.settings, loaded.threshold, f"{loaded.path}: {loaded.info.get('threshold_from')}", \
         loaded.path
+
+
+def _preprocess(inputs: list[Path], out_dir: Path, source: str, raw: dict[str, Any],
+                summary: ScoreSummary) -> list[Case]:
+    """Each input a raw case folder -> `mmccd preprocess` into OUT/preprocessed/<case>/ (reused when done); the
+    BraTS-like cases to score. A case that fails is skipped and listed."""
+    from mmccd.data.raw.pipeline import preprocess_case
+
+    cases = []
+    for path in map(Path, inputs):
+        try:
+            pre = preprocess_case(path, out_dir / "preprocessed" / path.name, required=(source,),
+                                  contrasts=("t1", source), source=source)
+        except MmccdError as exc:
+            log.error("%s", exc)
+            summary.skipped.append((path.name, str(exc)))
+            continue
+        case = case_from_path(pre.root)
+        raw[case.case_id] = pre
+        cases.append(case)
+    return cases
+
+
+def _to_raw(result: Any, pre: Any, source: str) -> Any:  # (VolumeScore, PreprocessedCase) -> VolumeScore
+    """The scored volume on the raw source scan's grid (the inverse of the co-registration and resampling)."""
+    amap = pre.to_raw(result.anomaly_map, source)
+    mask = None if result.pred_mask is None else pre.to_raw(result.pred_mask.astype(bool), source)
+    raw_file = pre.raw_source(source)
+    reference = nib.load(raw_file) if raw_file.is_file() else pre.raw_image(source)  # a DICOM series: its grid only
+    return dataclasses.replace(result, anomaly_map=amap, pred_mask=mask, reference=reference)
 
 
 def _ground_truth(case: Case, shape: tuple[int, ...]) -> np.ndarray | None:

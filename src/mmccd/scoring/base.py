@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from mmccd.config import ExperimentConfig, ScoreConfig
+from mmccd.config import BRIGHT_CONTRASTS, ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.models import LossFn
 from mmccd.runtime import autocast, autocast_dtype
@@ -106,9 +106,26 @@ class AnomalyMethod(ABC):
         return self
 
 
-def masked_error(a: Tensor, b: Tensor, brain_mask: Tensor) -> Tensor:
-    """Squared error (a - b)^2, zero outside the brain. All (B, 1, H, W)."""
-    return (a - b).pow(2) * brain_mask.to(a.dtype)
+def residual(a: Tensor, b: Tensor, side: str = "squared") -> Tensor:
+    """(a - b)^2 ("squared"), or only where a is brighter ("bright": max(a - b, 0)^2) or darker ("dark")."""
+    d = a - b
+    if side == "bright":
+        d = d.clamp_min(0)
+    elif side == "dark":
+        d = d.clamp_max(0)
+    return d.pow(2)
 
 
-__all__ = ["AnomalyMethod", "Nets", "ScoreOutput", "masked_error"]
+def residual_side(settings: ScoreConfig, contrast: str) -> str:
+    """score.residual with "auto" resolved for the source `contrast`: bright for FLAIR, T2, T1ce; dark for T1."""
+    if settings.residual != "auto":
+        return settings.residual
+    return "bright" if contrast in BRIGHT_CONTRASTS else "dark"
+
+
+def masked_error(a: Tensor, b: Tensor, brain_mask: Tensor, side: str = "squared") -> Tensor:
+    """`residual(a, b, side)`, zero outside the brain. All (B, 1, H, W)."""
+    return residual(a, b, side) * brain_mask.to(a.dtype)
+
+
+__all__ = ["AnomalyMethod", "Nets", "ScoreOutput", "masked_error", "residual", "residual_side"]

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mmccd.config import ExperimentConfig, ScoreConfig, TrainConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.models import LossFn, translation_loss, translation_unet
-from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error, residual_side
 from mmccd.scoring.baselines.noise import coarse_noise
 
 
@@ -47,7 +47,9 @@ class CyclicUNet(AnomalyMethod):
 
     def score_with(self, nets: Nets, batch: SliceBatch, settings: ScoreConfig,
                    generator: torch.Generator | None) -> ScoreOutput:
-        """Deterministic: `settings` (beyond the inference context) and `generator` are unused."""
+        """Deterministic: `generator` is unused."""
         translation = nets["source_to_target"](batch.source)
         reconstruction = nets["target_to_source"](translation)
-        return ScoreOutput(masked_error(batch.source, reconstruction, batch.brain_mask), translation, reconstruction)
+        side = residual_side(settings, self.cfg.source)
+        return ScoreOutput(masked_error(batch.source, reconstruction, batch.brain_mask, side), translation,
+                           reconstruction)

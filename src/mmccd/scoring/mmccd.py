@@ -40,7 +40,7 @@ from mmccd.models import (
     sample_masked,
     translation_unet,
 )
-from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, residual, residual_side
 from mmccd.scoring.cyclic_unet import backward_translation_loss, noisy_source
 
 
@@ -95,12 +95,13 @@ class MMCCD(AnomalyMethod):
         forward: MaskedConditionalDiffusion = self.nets["source_to_target"]  # type: ignore[assignment]
         imagined = imagine_targets(nets["source_to_target"], forward.schedule, source, masks, streams, settings)
         finish = composite_map if settings.composite else per_mask_map
-        amap, translation, reconstruction = finish(imagined, nets["target_to_source"], source, masks, settings)
+        side = residual_side(settings, self.cfg.source)
+        amap, translation, reconstruction = finish(imagined, nets["target_to_source"], source, masks, settings, side)
         brain = batch.brain_mask.to(source.dtype)
         if settings.refine_iterations:
             amap, translation, reconstruction = refine_map(
                 nets["source_to_target"], forward.schedule, nets["target_to_source"], source, batch.brain_mask,
-                masks, amap * brain, translation, reconstruction, streams, settings)
+                masks, amap * brain, translation, reconstruction, streams, settings, side)
         return ScoreOutput((amap * brain).contiguous(), translation.contiguous(), reconstruction.contiguous())
 
 
@@ -157,7 +158,7 @@ def imagine_targets(forward: nn.Module, schedule: NoiseSchedule, source: Tensor,
 
 
 def per_mask_map(imagined: Iterator[Imagined], backward: nn.Module, source: Tensor, masks: Tensor,
-                 settings: ScoreConfig) -> tuple[Tensor, Tensor, Tensor]:
+                 settings: ScoreConfig, side: str = "squared") -> tuple[Tensor, Tensor, Tensor]:
     """4a. One backward pass per row; the map is the mean error over the masks that hid each pixel.
 
     Returns (anomaly map, composite translation, mean reconstruction), each (N, 1, S, S)."""
@@ -167,14 +168,14 @@ def per_mask_map(imagined: Iterator[Imagined], backward: nn.Module, source: Tens
     for rows in imagined:
         y_sum.index_add_(0, rows.slice_idx, rows.y_hat * rows.hidden)
         s_hat = backward(rows.y_hat).to(src.dtype)
-        err_sum.index_add_(0, rows.slice_idx, (rows.source - s_hat).pow(2) * rows.hidden)
+        err_sum.index_add_(0, rows.slice_idx, residual(rows.source, s_hat, side) * rows.hidden)
         r_sum.index_add_(0, rows.slice_idx, s_hat * rows.hidden)
     cov = _coverage(masks)
     return err_sum / cov, y_sum / cov, r_sum / cov
 
 
 def composite_map(imagined: Iterator[Imagined], backward: nn.Module, source: Tensor, masks: Tensor,
-                  settings: ScoreConfig) -> tuple[Tensor, Tensor, Tensor]:
+                  settings: ScoreConfig, side: str = "squared") -> tuple[Tensor, Tensor, Tensor]:
     """4b. One backward pass per slice on the composite of the imagined regions; map = (s - s_hat)^2.
 
     Returns (anomaly map, composite translation, reconstruction), each (N, 1, S, S)."""
@@ -187,12 +188,12 @@ def composite_map(imagined: Iterator[Imagined], backward: nn.Module, source: Ten
     per_call = settings.mask_batch * settings.slice_batch
     reconstruction = torch.cat([backward(translation[k: k + per_call]).to(src.dtype)
                                 for k in range(0, len(src), per_call)])
-    return (src - reconstruction).pow(2), translation, reconstruction
+    return residual(src, reconstruction, side), translation, reconstruction
 
 
 def refine_map(forward: nn.Module, schedule: NoiseSchedule, backward: nn.Module, source: Tensor, brain: Tensor,
                masks: Tensor, first: Tensor, translation: Tensor, reconstruction: Tensor, streams: NoiseStreams,
-               settings: ScoreConfig) -> tuple[Tensor, Tensor, Tensor]:
+               settings: ScoreConfig, side: str = "squared") -> tuple[Tensor, Tensor, Tensor]:
     """5. Iterative mask refinement (after IterMask2, Liang et al., arXiv 2406.02422), on the stripe model.
 
     Notation: q = settings.refine_quantile; per slice i, tau_i = the q-quantile of its first map in the brain.
@@ -230,7 +231,7 @@ def refine_map(forward: nn.Module, schedule: NoiseSchedule, backward: nn.Module,
             cov.index_add_(0, si, h)
         comp = torch.where(cov > 0, y_sum / cov.clamp_min(1), comp)
         recon = torch.cat([backward(comp[k: k + per_call]).to(source.dtype) for k in range(0, n, per_call)])
-        error = (source - recon).pow(2)
+        error = residual(source, recon, side)
         current = torch.where(hidden, error, current)
         revealed = hidden & (error < tau.view(-1, 1, 1, 1))
         hidden = hidden & ~revealed

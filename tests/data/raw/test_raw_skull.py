@@ -63,3 +63,28 @@ def test_no_warning_on_any_real_brats_volume():
         if w:
             fired.append(w)
     assert not fired
+
+
+def test_prepare_warns_when_a_case_is_not_skull_stripped_and_not_when_it_is(tmp_path, caplog):
+    """Through `prepare_case`, as `mmccd prepare` and `mmccd score` read every case."""
+    import logging
+
+    from mmccd.config import PrepareConfig
+    from mmccd.data.discovery import case_from_path
+    from mmccd.data.phantom import write_phantom_dataset
+    from mmccd.data.prepare import prepare_case
+    from mmccd.data.raw.rawlike import add_head
+
+    write_phantom_dataset(tmp_path / "cases", n_cases=2, seed=0, shape=(96, 96, 64))
+    clean, head = sorted(p for p in (tmp_path / "cases").iterdir() if p.is_dir())
+    caplog.set_level(logging.WARNING, logger="mmccd")
+    prepare_case(case_from_path(clean), PrepareConfig(size=32))
+    assert "skull-stripped" not in caplog.text
+    for contrast in ("t1", "t1ce", "t2", "flair"):  # every contrast inside a head, on a zero background
+        path = head / f"{head.name}_{contrast}.nii.gz"
+        img = nib.load(path)
+        with_head = add_head(np.asarray(img.dataobj, np.float32), img.header.get_zooms(), noise=0.0)
+        nib.save(nib.Nifti1Image(with_head, img.affine), path)
+    prepare_case(case_from_path(head), PrepareConfig(size=32))
+    assert "does not look skull-stripped" in caplog.text and f"{head.name}_t1.nii.gz" in caplog.text
+    assert "mmccd preprocess" in caplog.text

@@ -30,8 +30,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from mmccd.atomic import atomic_write_text
 from mmccd.config import MODALITIES
-from mmccd.data.io import atomic_write_text
 from mmccd.data.raw.brain import BACKENDS, PLAUSIBLE_ML, brain_volume_ml, extract_brain, stripped_mask
 from mmccd.data.raw.extra import versions
 from mmccd.data.raw.geometry import OUTPUT_AXCODES, Grid, output_grid, resample

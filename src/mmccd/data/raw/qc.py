@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mmccd.data.io import atomic_write
+from mmccd.atomic import atomic_write
 
 MASK_COLOR = "#00e676"
 TILE_MM = 16

@@ -16,7 +16,7 @@ from mmccd.config import ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.errors import ConfigError
 from mmccd.models import LossFn, translation_unet
-from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error, residual_side
 from mmccd.scoring.baselines.noise import coarse_noise, make_generator
 
 
@@ -108,7 +108,8 @@ class AutoEncoder(AnomalyMethod):
 
         Deterministic: `generator` is unused."""
         recon = nets[self.net_key](batch.source)
-        return ScoreOutput(masked_error(batch.source, recon, batch.brain_mask), reconstruction=recon)
+        side = residual_side(settings, self.cfg.source)
+        return ScoreOutput(masked_error(batch.source, recon, batch.brain_mask, side), reconstruction=recon)
 
 
 class DenoisingAutoEncoder(AutoEncoder):

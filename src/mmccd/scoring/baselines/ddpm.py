@@ -22,7 +22,7 @@ from mmccd.config import ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.errors import ConfigError
 from mmccd.models import LossFn, NoiseSchedule, UNet, ddim_loop
-from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error
+from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput, masked_error, residual_side
 from mmccd.scoring.baselines.autoencoder import ConvEncoder
 from mmccd.scoring.baselines.noise import diffusion_noise, make_generator, timesteps_uniform
 
@@ -124,7 +124,8 @@ class AnoDDPM(AnomalyMethod):
         g = make_generator(settings.seed, generator)
         x0 = batch.source
         recons = [self.reconstruct(nets[self.net_key], x0, level, settings, g) for level in self.levels]
-        errors = [masked_error(x0, r, batch.brain_mask) for r in recons]
+        side = residual_side(settings, self.cfg.source)
+        errors = [masked_error(x0, r, batch.brain_mask, side) for r in recons]
         return ScoreOutput(torch.stack(errors).mean(0), reconstruction=torch.stack(recons).mean(0))
 
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from mmccd.config import ExperimentConfig, ScoreConfig
+from mmccd.config import BRIGHT_CONTRASTS, ExperimentConfig, ScoreConfig
 from mmccd.data.batch import SliceBatch
 from mmccd.scoring.base import AnomalyMethod, Nets, ScoreOutput
-
-#: contrasts in which tumour (oedema, enhancing rim) is hyperintense
-BRIGHT_CONTRASTS = ("flair", "t2", "t1ce")
 
 
 def resolve_sign(threshold_sign: str, contrast: str) -> str:
