@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from reliability_helpers import image, one_error_line, rewrite, run_mmccd, skipped_case, voxels
 
@@ -84,6 +85,7 @@ BAD_INPUT_KINDS = [
      "test_score_needs_only_the_source_a_broken_other_contrast_is_a_warning"),
     ("checkpoint of another architecture", "error", "test_checkpoint_from_another_architecture"),
     ("corrupted checkpoint", "error", "test_corrupted_checkpoint"),
+    ("checkpoint from a newer format version", "error", "test_checkpoint_from_a_newer_format_version"),
     ("prepared store damaged after the fact", "error", "test_damaged_prepared_store"),
     ("config with an unknown key", "error", "test_config_with_an_unknown_key_or_a_wrong_type"),
     ("config value of the wrong type", "error", "test_config_with_an_unknown_key_or_a_wrong_type"),
@@ -322,6 +324,19 @@ def test_corrupted_checkpoint(run_cli, run_copy, phantom, tmp_path, damage):
     for argv in (("score", "--run", run, "--case", phantom / "Phantom_00000", "--out", tmp_path / "maps"),
                  ("evaluate", "--run", run)):
         one_error_line(run_cli(*argv), str(ckpt), "cannot be read", "corrupt", "delete it and train again")
+    assert not (tmp_path / "maps").exists() or not any((tmp_path / "maps").iterdir())
+
+
+def test_checkpoint_from_a_newer_format_version(run_cli, run_copy, phantom, tmp_path):
+    run = run_copy("mmccd")
+    ckpt = run / "checkpoints" / "target_to_source.pt"
+    payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+    kind, _, version = payload["format"].rpartition("-v")
+    payload["format"] = f"{kind}-v{int(version) + 1}"
+    torch.save(payload, ckpt)
+    for argv in (("score", "--run", run, "--case", phantom / "Phantom_00000", "--out", tmp_path / "maps"),
+                 ("evaluate", "--run", run)):
+        one_error_line(run_cli(*argv), str(ckpt), "written by a newer mmccd", payload["format"], "upgrade mmccd")
     assert not (tmp_path / "maps").exists() or not any((tmp_path / "maps").iterdir())
 
 
