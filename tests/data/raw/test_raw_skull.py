@@ -6,7 +6,7 @@ import pytest
 from raw_helpers import DATA, UNLABELED, needs_data, real_case
 
 from mmccd.data.raw.rawlike import add_head
-from mmccd.data.raw.skull import looks_skull_stripped
+from mmccd.data.raw.skull import looks_skull_stripped, ring_measure
 
 
 def _ellipsoid_brain(shape=(160, 190, 150)) -> np.ndarray:
@@ -30,6 +30,18 @@ def test_fires_on_a_partial_volume_and_respects_voxel_size():
     brain = _ellipsoid_brain()
     assert "only" in looks_skull_stripped(brain[:, :, 60:75], np.eye(4), "slab.nii.gz")
     assert looks_skull_stripped(brain[::2, ::2, ::2], np.diag([2.0, 2.0, 2.0, 1.0]), "b.nii.gz") is None
+
+
+def test_ring_measure_is_the_same_whatever_zero_margin_surrounds_the_head():
+    """It works on the non-zero box (plus a margin): a head in a larger or a tight field gives the same (pads of
+    even width: the 2 mm working copy keeps every 2nd voxel, an odd pad would sample other voxels)."""
+    head = add_head(_ellipsoid_brain(), (1, 1, 1), noise=0.0)
+    nz = [np.nonzero(head.any(axis=tuple(a for a in range(3) if a != k)))[0] for k in range(3)]
+    tight = head[tuple(slice(ix[0], ix[-1] + 1) for ix in nz)]
+    ring = ring_measure(head, np.eye(4))
+    assert ring[0] > 60 and ring == ring_measure(np.pad(head, ((30, 2), (0, 40), (8, 6))), np.eye(4))
+    assert ring_measure(tight, np.eye(4)) == ring_measure(np.pad(tight, 2), np.eye(4))
+    assert ring_measure(np.zeros((40, 40, 40), np.float32), np.eye(4)) == (0.0, 0.0)
 
 
 @needs_data
