@@ -11,6 +11,8 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -120,7 +122,20 @@ def _after(spec: RunSpec, specs: Sequence[RunSpec]) -> set[Path]:
     return need & planned
 
 
-def _worker_init(threads: int) -> None:
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker process once `parent` is gone (a `kill` of the benchmark, not only Ctrl-C of its terminal,
+    must not leave workers training into the run folders that the next benchmark resumes)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)  # what it was writing is under a temporary name (atomic.py); the rerun resumes
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_init(threads: int, parent: int | None = None) -> None:
+    if parent is not None:
+        _exit_with_parent(parent)
     torch.set_num_threads(threads)
     os.environ["MMCCD_PROGRESS"] = "log"  # no bars from several processes on one terminal
     logging.basicConfig(level=logging.INFO, format="%(levelname)s [worker %(process)d] %(message)s", force=True)
@@ -145,7 +160,8 @@ def run_all(prepared: Path, specs: Sequence[RunSpec], plan: EvalPlan, jobs: int 
     done: set[Path] = set()  # runs whose job finished (a shared run: its plain method's job)
     failed: list[tuple[RunSpec, BaseException]] = []
     ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, os.getpid())) as pool:
         while waiting or running:
             ready = [s for s in waiting if _after(s, specs) <= done]
             for spec in ready[: max(0, jobs - len(running))] if not failed else []:
