@@ -161,20 +161,26 @@ def write_outputs(out: Path, results: dict) -> None:
     fig = Figure(figsize=(9, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, slices in zip(axes, ("max_tumour", "all"), strict=True):
-        series: dict[str, list[tuple[int, float]]] = {}
+        series: dict[str, list[tuple[int, float, float]]] = {}
         for pt in results["points"]:
             if pt["tag"].count("size"):
                 continue
             for key, v in pt["scores"].items():
                 scoring, sl = key.split("/")
                 if sl == slices:
-                    series.setdefault(f"{pt['method']} ({scoring})", []).append((pt["steps"], v["dice"]))
-        for name, xy in sorted(series.items()):
-            xs, ys = zip(*sorted(xy), strict=True)
-            ax.plot(xs, ys, "o-", label=name)
+                    series.setdefault(f"{pt['method']} ({scoring})", []).append((pt["steps"], v["dice"],
+                                                                                v.get("val_dice", float("nan"))))
+        for i, (name, pts) in enumerate(sorted(series.items())):
+            xs, test, val = zip(*sorted(pts), strict=True)
+            colour = f"C{i}"
+            ax.plot(xs, test, "o-", color=colour, label=f"{name}, test")
+            ax.plot(xs, val, "s--", color=colour, alpha=0.6, label=f"{name}, validation")
+        steps = sorted({pt["steps"] for pt in results["points"] if "size" not in pt["tag"]})
         ax.set_xscale("log")
+        ax.set_xticks(steps, [f"{s:,}" for s in steps])
+        ax.minorticks_off()
         ax.set_xlabel("training steps per network")
-        ax.set_ylabel("mean Dice over the fold's test subjects")
+        ax.set_ylabel("mean subject Dice (fold's own validation threshold)")
         ax.set_title("max-tumour slice" if slices == "max_tumour" else "whole volume")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
