@@ -1,4 +1,4 @@
-"""Guard rail: does an image look skull-stripped? (numpy and scipy only: cheap enough for validation.)
+"""Guard rail: does an image look skull-stripped? (core dependencies only: cheap enough for validation.)
 
 Two signs of a head that was not skull-stripped, either one enough:
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from mmccd.data.preprocess import bounding_box
 
 NONZERO_LITRES = (0.45, 3.0)
 NONZERO_RANGE_SEEN = (1.08, 1.73)  # litres, min / max over the 112 BraTS volumes here (docs/preprocess.md)
@@ -49,11 +51,8 @@ def ring_measure(image: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
     step = np.maximum(1, np.round(WORK_MM / zooms)).astype(int)
     x = np.asarray(image[:: step[0], :: step[1], :: step[2]], dtype=np.float32)
     voxel_ml = float(np.prod(zooms * step)) / 1000.0
-    nonzero = np.nonzero(x.any(axis=(1, 2)))[0], np.nonzero(x.any(axis=(0, 2)))[0], np.nonzero(x.any(axis=(0, 1)))[0]
-    if any(len(ix) == 0 for ix in nonzero):
-        return 0.0, 0.0
     # the morphology below never reaches more than MARGIN voxels past the non-zero box: the same result on the box
-    x = np.pad(x[tuple(slice(ix[0], ix[-1] + 1) for ix in nonzero)], MARGIN)
+    x = np.pad(x[bounding_box(x != 0)], MARGIN)
     values = x[x != 0]
     if values.size < 100:
         return 0.0, 0.0
