@@ -22,7 +22,7 @@ def job(prepared, spec, plan):  # a worker that would run for a minute
 
 if __name__ == "__main__":  # a file, not `python -c`: spawned workers import the job from it
     out = Path(sys.argv[1])
-    specs = [SimpleNamespace(run=out / f"run{i}", label=str(out / f"worker{i}.pid"), reuse=None, after=(),
+    specs = [SimpleNamespace(run=out / f"run{i}", label=str(out / f"worker{i}.pid"), reuse=None, mirror=None, after=(),
                              shares_run=False) for i in range(2)]
     run_all(out, specs, None, jobs=2, threads=1, job=job)
 """

@@ -110,6 +110,7 @@ class JobSpec:
     run: Path
     label: str
     reuse: Path | None = None
+    mirror: Path | None = None
     after: tuple[Path, ...] = ()
     shares_run: bool = False
 

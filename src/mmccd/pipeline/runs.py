@@ -146,12 +146,15 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
 @holds_folder_lock("run_dir", "train")  # one writer per run folder (locks.py)
 def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite: bool = False,
               resume: bool = False, reuse_backward_from: Path | None = None,
-              split: Split | None = None) -> AnomalyMethod:
+              mirror_from: Path | None = None, split: Split | None = None) -> AnomalyMethod:
     """Train every network of `cfg.method` on the healthy slices of the training subjects.
 
     split: the subjects (default: the store's splits.json); a fold of a cross-validation, for one.
     `reuse_backward_from`: a run whose trained `backward` network (target -> source UNet) is
-    identical in role and config, e.g. Cyclic UNet's for MMCCD; its checkpoint is copied."""
+    identical in role and config, e.g. Cyclic UNet's for MMCCD; its checkpoint is copied.
+    `mirror_from`: the same method's run on the reversed pair (target:source, same subjects and training
+    settings); its networks that this method's `mirrored_networks` names are copied in their swapped roles
+    (Cyclic UNet on t2:flair uses the two translators of flair:t2) and recorded under "borrowed" in run_info."""
     store = PreparedStore.open(prepared)
     cfg = dataclasses.replace(cfg, prepare=store.config)  # the store decides size and normalisation
     rank, _ = dist_info()
@@ -185,8 +188,15 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     if rank == 0:  # written now too, so that a run killed mid-training still records its data and versions
         write_run_info(run_dir, info)
     times = info.setdefault("train_seconds", {})
+    mirrored = type(method).mirrored_networks if mirror_from is not None and type(method).mirrors_when(cfg) else {}
     for name, loss_fn in losses.items():
         ckpt = run_dir / "checkpoints" / f"{name}.pt"
+        if name in mirrored:
+            if rank == 0 and not ckpt.exists():
+                there = Path(mirror_from) / "checkpoints" / f"{mirrored[name]}.pt"
+                if _copy_mirrored_checkpoint(there, ckpt, cfg):
+                    info.setdefault("borrowed", {})[name] = f"{there} (trained as {mirrored[name]} of the reversed pair)"
+            barrier()
         if reuse_backward_from is not None and name == "target_to_source":
             if rank == 0 and not ckpt.exists():
                 _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt", ckpt, cfg)
@@ -209,12 +219,34 @@ def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> 
     def backward_part(train: Any) -> Any:  # the source noise is the forward networks' alone
         return dataclasses.replace(train, source_noise_std=0.0, source_noise_resolution=16)
 
+    pairs = {(cfg.source, cfg.target)}
+    if src.stem in read_run_info(src.parent.parent).get("borrowed", {}):  # trained in its roles swapped there
+        pairs.add((cfg.target, cfg.source))
     same = (other.network == cfg.network and backward_part(other.train) == backward_part(cfg.train)
-            and other.prepare == cfg.prepare and (other.source, other.target) == (cfg.source, cfg.target))
+            and other.prepare == cfg.prepare and (other.source, other.target) in pairs)
     if same:
         with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
             shutil.copyfile(src, tmp)
         log.info("reusing the backward network trained in %s", src.parent.parent)
+
+
+def _copy_mirrored_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> bool:
+    """Copy a finished network of the reversed pair's run when it was trained exactly as this run would train
+    it (same network, training settings and store; source and target swapped). True when copied."""
+    if not src.exists():
+        return False
+    ckpt = load_checkpoint(src)
+    other = from_dict(ckpt["config"])
+    same = (ckpt.get("finished", False) and other.network == cfg.network and other.train == cfg.train
+            and other.prepare == cfg.prepare and (other.source, other.target) == (cfg.target, cfg.source))
+    if same:
+        with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
+            shutil.copyfile(src, tmp)
+        log.info("reusing %s of the reversed pair's run %s as %s", src.stem, src.parent.parent, dst.stem)
+    else:
+        log.info("not reusing %s: it was not trained with this run's settings on the reversed pair; training "
+                 "%s here", src, dst.stem)
+    return bool(same)
 
 
 def load_method(run_dir: Path, device: str | None = None) -> AnomalyMethod:

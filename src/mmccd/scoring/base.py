@@ -47,6 +47,15 @@ class AnomalyMethod(ABC):
     #: network key -> the method whose network of that key is the same network (same role, loss and config),
     #: so a benchmark trains it once (MMCCD's backward UNet is Cyclic UNet's target -> source UNet)
     shared_networks: ClassVar[Mapping[str, str]] = {}
+    #: network key -> the key of the same network in this method's run on the reversed pair (target:source),
+    #: when that network is trained exactly alike there (Cyclic UNet's two translators swap roles), so a
+    #: benchmark of both pairs trains them once; `mirrors_when` says for which training settings that holds
+    mirrored_networks: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def mirrors_when(cls, cfg: ExperimentConfig) -> bool:
+        """True when `mirrored_networks` are trained exactly alike on the reversed pair under `cfg`."""
+        return bool(cls.mirrored_networks)
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg: ExperimentConfig = cfg  # the run's config: networks, sizes; how to score is an argument

@@ -32,6 +32,13 @@ def backward_translation_loss(net: nn.Module, batch: SliceBatch, generator: torc
 
 class CyclicUNet(AnomalyMethod):
     name = "cyclic-unet"
+    #: two supervised translators: on target:source the forward one is this pair's backward one and vice versa
+    mirrored_networks = {"source_to_target": "target_to_source", "target_to_source": "source_to_target"}
+
+    @classmethod
+    def mirrors_when(cls, cfg: ExperimentConfig) -> bool:
+        """Without coarse source noise both nets are `translation_loss` of one contrast to the other."""
+        return cfg.train.source_noise_std <= 0
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)

@@ -81,7 +81,8 @@ def ensure_trained(prepared: Path, spec: RunSpec) -> bool:
     if is_trained(prepared, spec):
         log.info("benchmark: %s is trained; reusing it", spec.run)
         return False
-    train_run(prepared, spec.run, spec.cfg, resume=True, reuse_backward_from=spec.reuse, split=spec.split)
+    train_run(prepared, spec.run, spec.cfg, resume=True, reuse_backward_from=spec.reuse, mirror_from=spec.mirror,
+              split=spec.split)
     return True
 
 
@@ -113,10 +114,10 @@ def run_spec(prepared: Path, spec: RunSpec, plan: EvalPlan) -> str:
 
 
 def _after(spec: RunSpec, specs: Sequence[RunSpec]) -> set[Path]:
-    """The runs of `specs` that must be finished first: the one whose network `spec` reuses, and the plain
-    method's run that a scoring-only variant evaluates."""
+    """The runs of `specs` that must be finished first: the ones whose networks `spec` reuses or mirrors, and the
+    plain method's run that a scoring-only variant evaluates."""
     planned = {s.run for s in specs if not s.shares_run}
-    need = ({spec.reuse} if spec.reuse is not None else set()) | set(spec.after)
+    need = {r for r in (spec.reuse, spec.mirror) if r is not None} | set(spec.after)
     if spec.shares_run:
         need.add(spec.run)
     return need & planned

@@ -80,6 +80,7 @@ class RunSpec:
     shares_run: bool = False  # a variant that only scores differently: it evaluates the plain method's run
     support: bool = False  # trained for another row's sake (a multi-target variant's other targets): no row itself
     after: tuple[Path, ...] = ()  # runs it needs finished first, beyond `reuse` (a multi-target variant's others)
+    mirror: Path | None = None  # the same method's run on the reversed pair whose networks it uses (trained first)
 
     @property
     def pair(self) -> str:
@@ -135,7 +136,27 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
                 spec = RunSpec(method, source, target, fold, seed, split, folder, reuse, cfg, variant, trains_like_plain)
                 name = method if variant is None or trains_like_plain else spec.name
                 specs.append(dataclasses.replace(spec, run=folder / run_name(name, source, target)))
-    return _with_supporting_runs(specs, preset)
+    return _with_mirrors(_with_supporting_runs(specs, preset))
+
+
+def _with_mirrors(specs: list[RunSpec]) -> list[RunSpec]:
+    """A run of a method with `mirrored_networks` (Cyclic UNet) on target:source when the benchmark already has it
+    on source:target (same fold, seed and training settings): it uses that run's networks in swapped roles, so
+    t2:flair's Cyclic UNet costs no training after flair:t2's (and MMCCD's backward net on t2:flair neither)."""
+    out: list[RunSpec] = []
+    for spec in specs:
+        cls = method_class(spec.method)
+        if cls.mirrored_networks and not spec.shares_run and cls.mirrors_when(spec.cfg):
+            for other in out:
+                if (other.method == spec.method and other.mirror is None and not other.shares_run
+                        and (other.source, other.target) == (spec.target, spec.source)
+                        and (other.fold, other.seed) == (spec.fold, spec.seed)
+                        and other.cfg.train == spec.cfg.train and other.cfg.network == spec.cfg.network
+                        and other.cfg.prepare == spec.cfg.prepare):
+                    spec = dataclasses.replace(spec, mirror=other.run)
+                    break
+        out.append(spec)
+    return out
 
 
 def _with_supporting_runs(specs: list[RunSpec], preset: str | Path) -> list[RunSpec]:
@@ -197,6 +218,8 @@ def remaining_networks(spec: RunSpec) -> list[tuple[str, int]]:
         return []
     method = build_method(spec.cfg)
     shared = set(method_class(spec.method).shared_networks) if spec.reuse is not None else set()
+    if spec.mirror is not None:
+        shared |= set(method_class(spec.method).mirrored_networks)
     out = []
     for name in method.losses():
         if name in shared:

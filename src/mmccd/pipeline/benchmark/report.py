@@ -237,6 +237,16 @@ def protocol_statement(meta: Mapping[str, Any], entries: Sequence[Mapping[str, A
         "from 3D connected components (26-connected) of ground truth and prediction in the stored slices' mm.",
         "Post-processing: " + "; ".join(meta["postprocess"]) + " (each with its own validation threshold).",
     ]
+    methods = {e["method"].split("@")[0] for e in entries}
+    if {"mmccd", "cyclic-unet"} <= methods:
+        mirrored = any("reversed pair" in (e.get("train_note") or "") or " of cyclic-unet_" in (e.get("train_note") or "")
+                       for e in entries)
+        items.append("Shared networks: MMCCD's backward UNet is Cyclic UNet's target→source UNet of the same pair, "
+                     "fold and seed (trained once)" + (
+                         "; on a reversed pair (t2:flair beside flair:t2) Cyclic UNet's two translators are the other "
+                         "pair's in swapped roles (both are the same supervised translation loss, same subjects, seed "
+                         "and settings; trained once)" if mirrored else "")
+                     + ". A shared network's training time counts in every row that uses it.")
     ext = meta.get("test_data")
     if ext:
         items.append(f"Test data: every one of the {ext['n_test_subjects']} cases with segmentation in "

@@ -112,15 +112,18 @@ def per_fold(specs_evals: Sequence[tuple[RunSpec, Evaluation]]) -> list[dict[str
 
 
 def training_time(spec: RunSpec) -> dict[str, Any]:
-    """Wall-clock training seconds per network of the run; a network copied from `spec.reuse` counts with the
-    time it took there."""
-    own = read_run_info(spec.run).get("train_seconds", {})
+    """Wall-clock training seconds per network of the run; a network copied from `spec.reuse` or `spec.mirror`
+    counts with the time it took there (so a table's sum counts a shared network in every row that uses it)."""
+    info = read_run_info(spec.run)
+    own, borrowed = info.get("train_seconds", {}), info.get("borrowed", {})
     shared = read_run_info(spec.reuse).get("train_seconds", {}) if spec.reuse is not None else {}
     by_net: dict[str, float | None] = {}
     notes = []
     for name in sorted(p.stem for p in (spec.run / "checkpoints").glob("*.pt")):
         if name in own:
             by_net[name] = own[name]
+            if name in borrowed:
+                notes.append(f"{name} is {Path(borrowed[name]).stem} of {spec.mirror.name if spec.mirror else 'the reversed pair'}")
         elif name in shared:
             by_net[name] = shared[name]
             notes.append(f"{name} shared with {spec.reuse.name if spec.reuse else ''}")
