@@ -145,3 +145,27 @@ def test_prepare_whose_worker_is_killed_says_how_to_resume(phantom, small_preset
     result = run_cli("prepare", "--data", phantom, "--out", tmp_path / "store", "--preset", small_preset,
                      "--workers", "2")
     assert result.code == 2 and "worker process died" in result.err and "--workers 1" in result.err, result
+
+
+def test_resuming_a_finished_run_keeps_the_code_that_trained_it(run_copy, prepared, small_preset, monkeypatch):
+    """`train --resume` of a finished run trains nothing, so run_info must still name the code that trained it
+    (export and the benchmark's `trained_with_code` read it); a resume that trains records the new code too."""
+    import json
+
+    from mmccd import provenance
+    from mmccd.config import load_config
+    from mmccd.pipeline.runs import train_run
+
+    run = run_copy("cyclic-unet")
+    before = json.loads((run / "run_info.json").read_text())
+    monkeypatch.setattr(provenance, "code_version", lambda: "later-code")
+    cfg = load_config(small_preset, {"method": "cyclic-unet", "train": {"iterations": 20, "checkpoint_every": 5}})
+    train_run(prepared, run, cfg, resume=True)
+    after = json.loads((run / "run_info.json").read_text())
+    assert after["code_version"] == before["code_version"] != "later-code"
+    assert after["time"] == before["time"] and after["train_seconds"] == before["train_seconds"]
+    longer = load_config(small_preset, {"method": "cyclic-unet", "train": {"iterations": 25, "checkpoint_every": 5}})
+    train_run(prepared, run, longer, resume=True)
+    after = json.loads((run / "run_info.json").read_text())
+    assert after["code_version"] == "later-code"
+    assert after["code_version_by_net"] == {"source_to_target": "later-code", "target_to_source": "later-code"}

@@ -124,6 +124,9 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / "run_info.json", json.dumps(info, indent=2))
 
 
+# run_info's record of the code and machine that trained the run (provenance.run_info)
+PROVENANCE_KEYS = ("code_version", "packages", "python", "machine", "torch_threads", "cuda", "device", "time")
+
 # what may change on --resume: more iterations, bookkeeping, and the sections training does not use
 RESUME_MAY_CHANGE = ("name", "device", "score", "eval", "train.iterations", "train.checkpoint_every",
                      "train.log_every", "train.num_workers")
@@ -177,7 +180,8 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
         raise OutputExistsError(f"{run_dir} was trained on other subjects ({run_split(run_dir).name}); --resume "
                                 "needs the same split, or pass --overwrite to start again")
     train_ids = list(split.train)
-    info = read_run_info(run_dir) | {
+    before = read_run_info(run_dir)
+    info = before | {
         "prepared": str(Path(prepared).resolve()),
         "prepared_relative": os.path.relpath(Path(prepared).resolve(), run_dir.resolve()),
         "store": store.identity([*split.train, *split.val, *split.test]),
@@ -188,6 +192,7 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     if rank == 0:  # written now too, so that a run killed mid-training still records its data and versions
         write_run_info(run_dir, info)
     times = info.setdefault("train_seconds", {})
+    trained_now: list[str] = []
     mirrored = type(method).mirrored_networks if mirror_from is not None and type(method).mirrors_when(cfg) else {}
     for name, loss_fn in losses.items():
         ckpt = run_dir / "checkpoints" / f"{name}.pt"
@@ -206,6 +211,11 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
         if result.trained_now or name not in times:
             times[name] = round(result.seconds, 1)
             info.setdefault("data_wait_fraction", {})[name] = round(result.data_wait_fraction, 4)
+        if result.trained_now:
+            trained_now.append(name)
+            info.setdefault("code_version_by_net", {})[name] = info["code_version"]
+    if not trained_now and "code_version" in before:  # a resume that trained nothing: the code and machine that
+        info |= {k: before[k] for k in PROVENANCE_KEYS if k in before}  # trained it stay recorded, not this call's
     if rank == 0:
         write_run_info(run_dir, info)
     return method.eval()
