@@ -49,7 +49,8 @@ def test_t2_flair_cyclic_unet_is_flair_t2_with_its_translators_swapped(bench):
     info = json.loads((rev / "run_info.json").read_text())
     assert set(info["borrowed"]) == {"source_to_target", "target_to_source"}
     assert not (rev / "logs" / "source_to_target.csv").exists()  # nothing trained there
-    assert (rev / "eval-max_tumour" / "metrics.json").exists()  # and it is evaluated as its own row
+    metrics = json.loads((rev / "eval-max_tumour" / "metrics.json").read_text())  # evaluated as its own row
+    assert metrics["test_store"] == str((runs.parent / "prepared").resolve())  # not RUN/../../prepared
     # MMCCD on t2:flair: its backward net (flair -> t2) is flair:t2's forward one; its diffusion model its own
     mm = runs / "mmccd_t2-flair" / "checkpoints"
     assert (mm / "target_to_source.pt").read_bytes() == (fwd / "checkpoints" / "source_to_target.pt").read_bytes()

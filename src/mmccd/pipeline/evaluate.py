@@ -218,7 +218,7 @@ def evaluate_run(run_dir: Path, settings: ScoreConfig | None = None, *, slices: 
         "oracle_threshold": float(oracle.threshold), "oracle_dice_test": float(oracle.val_dice),
         "threshold_at_search_edge": bool(choice.at_edge),
         "n_val_subjects": len(val_ids), "n_test_subjects": len(test_ids),
-        "test_store": str(t_store.root),
+        "test_store": str(t_store.root.resolve()),  # not RUN/../../prepared
         "n_test_slices": len(test), "seconds_per_slice": scored["test"].seconds_per_slice,
         "postprocess": pp.describe(), **lesions,
         "score_config": to_dict(settings),  # the threshold belongs to maps scored this way
