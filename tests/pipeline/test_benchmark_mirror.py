@@ -59,6 +59,7 @@ def test_t2_flair_cyclic_unet_is_flair_t2_with_its_translators_swapped(bench):
     results = json.loads((runs.parent / "results.json").read_text())
     (row,) = [e for e in results["results"] if (e["method"], e["pair"]) == ("cyclic-unet", "t2:flair")]
     assert "source_to_target is target_to_source of cyclic-unet_flair-t2" in row["train_note"]
+    assert row["borrowed_networks"] == ["source_to_target", "target_to_source"]
     assert "in swapped roles" in (runs.parent / "results.md").read_text()
 
 

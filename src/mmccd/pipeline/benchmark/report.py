@@ -239,8 +239,7 @@ def protocol_statement(meta: Mapping[str, Any], entries: Sequence[Mapping[str, A
     ]
     methods = {e["method"].split("@")[0] for e in entries}
     if {"mmccd", "cyclic-unet"} <= methods:
-        mirrored = any("reversed pair" in (e.get("train_note") or "") or " of cyclic-unet_" in (e.get("train_note") or "")
-                       for e in entries)
+        mirrored = any(e.get("borrowed_networks") for e in entries)
         items.append("Shared networks: MMCCD's backward UNet is Cyclic UNet's target→source UNet of the same pair, "
                      "fold and seed (trained once)" + (
                          "; on a reversed pair (t2:flair beside flair:t2) Cyclic UNet's two translators are the other "

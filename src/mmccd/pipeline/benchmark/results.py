@@ -176,6 +176,7 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
                     {k: round(sum(t["train_seconds_by_net"].get(k) or 0 for t in train), 1)
                      for k in train[0]["train_seconds_by_net"]},
                     "train_note": train[0]["train_note"], "trained_with_code": run_info.get("code_version"),
+                    "borrowed_networks": sorted(run_info.get("borrowed", {})),  # from the reversed pair's run
                     "scoring": describe_scoring(first.method, score_config), "score_config": score_config,
                     "per_subject_dice": per_subject, "per_fold": folds, "protocols": levels, "reports": reports})
                 entries.append(entry)
