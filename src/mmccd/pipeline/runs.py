@@ -235,9 +235,13 @@ def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> 
     same = (other.network == cfg.network and backward_part(other.train) == backward_part(cfg.train)
             and other.prepare == cfg.prepare and (other.source, other.target) in pairs)
     if same:
-        with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
-            shutil.copyfile(src, tmp)
+        _copy_checkpoint(src, dst)
         log.info("reusing the backward network trained in %s", src.parent.parent)
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
+        shutil.copyfile(src, tmp)
 
 
 def _copy_mirrored_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> bool:
@@ -250,8 +254,7 @@ def _copy_mirrored_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> bo
     same = (ckpt.get("finished", False) and other.network == cfg.network and other.train == cfg.train
             and other.prepare == cfg.prepare and (other.source, other.target) == (cfg.target, cfg.source))
     if same:
-        with atomic_write(dst, src.stat().st_size) as tmp:  # never a truncated checkpoint under its name
-            shutil.copyfile(src, tmp)
+        _copy_checkpoint(src, dst)
         log.info("reusing %s of the reversed pair's run %s as %s", src.stem, src.parent.parent, dst.stem)
     else:
         log.info("not reusing %s: it was not trained with this run's settings on the reversed pair; training "
