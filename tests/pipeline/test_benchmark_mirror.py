@@ -60,6 +60,13 @@ def test_t2_flair_cyclic_unet_is_flair_t2_with_its_translators_swapped(bench):
     (row,) = [e for e in results["results"] if (e["method"], e["pair"]) == ("cyclic-unet", "t2:flair")]
     assert "source_to_target is target_to_source of cyclic-unet_flair-t2" in row["train_note"]
     assert row["borrowed_networks"] == ["source_to_target", "target_to_source"]
+    # a borrowed network records the code that trained it in the provider's run, not this call's
+    fwd_info = json.loads((fwd / "run_info.json").read_text())
+    assert info["code_version_by_net"] == {"source_to_target": fwd_info["code_version_by_net"]["target_to_source"],
+                                           "target_to_source": fwd_info["code_version_by_net"]["source_to_target"]}
+    mm_info = json.loads((runs / "mmccd_t2-flair" / "run_info.json").read_text())
+    assert mm_info["code_version_by_net"]["target_to_source"] == fwd_info["code_version_by_net"]["source_to_target"]
+    assert row["trained_with_code_by_net"] == info["code_version_by_net"]
     assert "in swapped roles" in (runs.parent / "results.md").read_text()
 
 
@@ -86,3 +93,11 @@ def test_a_translator_trained_otherwise_is_not_borrowed(bench, tmp_path):
     assert not _copy_mirrored_checkpoint(src, tmp_path / "seed.pt", replace(cfg, train=replace(cfg.train, seed=7)))
     assert not _copy_mirrored_checkpoint(src, tmp_path / "pair.pt", replace(cfg, source="flair", target="t2"))
     assert not (tmp_path / "seed.pt").exists() and not (tmp_path / "pair.pt").exists()
+
+
+def test_trained_with_code_names_every_network_s_code():
+    from mmccd.pipeline.benchmark.results import trained_with_code
+
+    assert trained_with_code({"code_version": "call", "code_version_by_net": {"a": "old", "b": "new"}}) == "new, old"
+    assert trained_with_code({"code_version": "call", "code_version_by_net": {"a": "old", "b": "old"}}) == "old"
+    assert trained_with_code({"code_version": "call"}) == "call"  # a network-free method (the threshold)

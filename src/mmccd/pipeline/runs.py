@@ -201,10 +201,13 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
                 there = Path(mirror_from) / "checkpoints" / f"{mirrored[name]}.pt"
                 if _copy_mirrored_checkpoint(there, ckpt, cfg):
                     info.setdefault("borrowed", {})[name] = f"{there} (trained as {mirrored[name]} of the reversed pair)"
+                    info.setdefault("code_version_by_net", {})[name] = _trained_with_code(there)
             barrier()
         if reuse_backward_from is not None and name == "target_to_source":
             if rank == 0 and not ckpt.exists():
-                _copy_compatible_checkpoint(Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt", ckpt, cfg)
+                there = Path(reuse_backward_from) / "checkpoints" / "target_to_source.pt"
+                if _copy_compatible_checkpoint(there, ckpt, cfg):
+                    info.setdefault("code_version_by_net", {})[name] = _trained_with_code(there)
             barrier()  # the other ranks see the copied checkpoint
         with explain_training_failure(cfg, device, ckpt, name):  # out of memory / disk full: what to lower, where to resume
             result = train_network(method.nets[name], loss_fn, dataset, cfg, ckpt, name, device, log_dir=run_dir / "logs")
@@ -221,9 +224,16 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
     return method.eval()
 
 
-def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
+def _trained_with_code(ckpt: Path) -> str | None:
+    """The code version that trained the network `ckpt` of another run (what a copy of it records)."""
+    info = read_run_info(ckpt.parent.parent)
+    return info.get("code_version_by_net", {}).get(ckpt.stem) or info.get("code_version")
+
+
+def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> bool:
+    """Copy another run's backward network when it was trained as this run would train it. True when copied."""
     if not src.exists():
-        return
+        return False
     other = from_dict(load_checkpoint(src)["config"])
 
     def backward_part(train: Any) -> Any:  # the source noise is the forward networks' alone
@@ -237,6 +247,7 @@ def _copy_compatible_checkpoint(src: Path, dst: Path, cfg: ExperimentConfig) -> 
     if same:
         _copy_checkpoint(src, dst)
         log.info("reusing the backward network trained in %s", src.parent.parent)
+    return same
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:

@@ -175,7 +175,8 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
                     "train_seconds_by_net": train[0]["train_seconds_by_net"] if len(group) == 1 else
                     {k: round(sum(t["train_seconds_by_net"].get(k) or 0 for t in train), 1)
                      for k in train[0]["train_seconds_by_net"]},
-                    "train_note": train[0]["train_note"], "trained_with_code": run_info.get("code_version"),
+                    "train_note": train[0]["train_note"], "trained_with_code": trained_with_code(run_info),
+                    "trained_with_code_by_net": run_info.get("code_version_by_net", {}),
                     "borrowed_networks": sorted(run_info.get("borrowed", {})),  # from the reversed pair's run
                     "scoring": describe_scoring(first.method, score_config), "score_config": score_config,
                     "per_subject_dice": per_subject, "per_fold": folds, "protocols": levels, "reports": reports})
@@ -183,6 +184,14 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
     add_paired_comparisons(entries, protocols)
     add_base_comparisons(entries, protocols)
     return [to_jsonable(e) for e in entries]
+
+
+def trained_with_code(run_info: Mapping[str, Any]) -> str | None:
+    """The code version(s) that trained a run's networks, borrowed ones included (comma-separated when they
+    differ); the run's own call's version when it records none per network (a network-free method, older runs)."""
+    by_net = run_info.get("code_version_by_net") or {}
+    versions = sorted({v for v in by_net.values() if v})
+    return ", ".join(versions) if versions else run_info.get("code_version")
 
 
 def add_base_comparisons(entries: list[dict[str, Any]], protocols: Sequence[str]) -> None:
