@@ -191,6 +191,27 @@ def _seed_table(seeds: Sequence[Mapping[str, Any]], protocols: Sequence[str]) ->
     return "Training noise: the same runs of fold 0 with other training seeds", head, body
 
 
+def _seed_differences_table(seeds: Sequence[Mapping[str, Any]],
+                            protocols: Sequence[str]) -> tuple[str, list[str], list[list[str]]]:
+    """Each pair of seed-studied methods: the difference of their seed-mean Dice against the seed spread."""
+    head = ["methods (A − B)", "source→target"]
+    for s in protocols:
+        tag = "volume" if s == "all" else "max-tumour"
+        head += [f"Δ Dice ({tag})", f"2 × seed std ({tag})", f"larger than the seed spread ({tag})"]
+    body = []
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1:]:
+            if b["pair"] != a["pair"]:
+                continue
+            row = [f"{a['method']} − {b['method']}", a["pair"].replace(":", "→")]
+            for s in protocols:
+                d = a[f"differences_vs_seed_spread{'_volume' if s == 'all' else ''}"][b["method"]]
+                row += [_f(d["diff"], "+.3f"), _f(2 * d["seed_spread"]), "yes" if d["larger_than_spread"] else "no"]
+            body.append(row)
+    return ("Which differences exceed the training noise (fold 0's test subjects; seed means; "
+            "larger = |Δ| > 2 × the larger seed std)", head, body)
+
+
 def protocol_statement(meta: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """The protocol, one sentence per item, as written into results.md and report.html."""
     cfg = meta["config"]
@@ -335,7 +356,8 @@ def write_results(out: Path, entries: Sequence[dict[str, Any]], meta: Mapping[st
     statement = protocol_statement(meta, entries)
     tables = _tables(entries, meta)
     if seeds:
-        tables.insert(len(tables) - 1, _seed_table(seeds, meta["protocols"]))
+        tables[len(tables) - 1:len(tables) - 1] = [_seed_table(seeds, meta["protocols"]),
+                                                   _seed_differences_table(seeds, meta["protocols"])]
     figures = _figures(out, entries, evals, meta["protocols"])
 
     document = {"command": meta["command"], "date": date, "machine": machine, "code_version": version,
