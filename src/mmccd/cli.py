@@ -219,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs trained and evaluated in parallel processes (default 1; "
                    "on a CPU use the number of cores: each job gets cores / jobs threads)")
     p.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED",
-                   help="also train mmccd, cyclic-unet and dae of fold 0 with these training seeds: the seed spread "
-                        "beside the subject spread")
+                   help="also train mmccd, cyclic-unet and dae of fold 0 with these training seeds (their variants "
+                        "that only score differently are evaluated on those networks too): the seed spread beside "
+                        "the subject spread, and which differences exceed it")
     p.add_argument("--postprocess", nargs="+", default=[], choices=["field"], metavar="PROFILE",
                    help="named post-processing profiles reported beside the raw numbers: field (median, brain "
                         "erosion, small components as in the cDDPM/pDDPM code, scaled to the image size)")

@@ -123,7 +123,8 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
             main_seed = base.train.seed
             runs_seeds = [(m, main_seed) for m in ordered]
             if k == 0 and p == 0:  # the seed study: the first pair's fold 0 only
-                runs_seeds += [(m, s) for s in seeds if s != main_seed for m in ordered if m in seed_methods]
+                runs_seeds += [(m, s) for s in seeds if s != main_seed for m in ordered
+                               if split_variant(m)[0] in seed_methods]
             for token, seed in runs_seeds:
                 method, variant = split_variant(token)
                 overrides = {"method": method, "source": source, "target": target, "train": {"seed": seed}}
@@ -133,6 +134,9 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
                 reuse = folder / run_name(shared[0], source, target) if shared else None
                 trains_like_plain = variant is not None and method in plain and \
                     training_part(cfg) == training_part(load_config(preset, overrides))
+                if seed != main_seed and variant is not None and not trains_like_plain:
+                    continue  # the seed study trains the plain methods' networks; a variant that only scores
+                    # them differently is evaluated on them too, one that trains its own is not repeated
                 spec = RunSpec(method, source, target, fold, seed, split, folder, reuse, cfg, variant, trains_like_plain)
                 name = method if variant is None or trains_like_plain else spec.name
                 specs.append(dataclasses.replace(spec, run=folder / run_name(name, source, target)))

@@ -102,7 +102,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                also evaluated as test, with the threshold chosen on the run's own validation subjects
     protocols: "max_tumour" (one slice per subject, the reference) and/or "all" (whole volumes)
     profiles:  named post-processing profiles (e.g. "field") reported beside the raw numbers of every row
-    seeds:     extra training seeds for fold 0 (or the single split) of mmccd, cyclic-unet and dae: training noise
+    seeds:     extra training seeds for fold 0 (or the single split) of mmccd, cyclic-unet and dae (and their
+               variants that only score differently, on the same networks): training noise
     jobs:      runs trained and evaluated in parallel processes (each with cores / jobs torch threads)
     device:    for scoring only (training uses the preset's, so runs stay resumable)
     scoring:   "auto" (each method's default: `fast` for MMCCD), "run" (each run's own), or a preset
