@@ -243,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "run (each run's own), or a preset such as reference or fast for every method")
     p.add_argument("--overwrite", action="store_true", help="delete the benchmark in --out (store, runs, results) and start again")
 
+    p = sub.add_parser("compare", help="two rows of a benchmark's results, paired on the same subjects (Wilcoxon)",
+                       description="Per-subject Dice differences A - B of two rows of a benchmark's results.json "
+                                   "over the subjects both evaluated, with a two-sided Wilcoxon signed-rank p-value, "
+                                   "per max-tumour slice and per whole volume.")
+    p.add_argument("results", type=Path, help="a benchmark folder or its results.json")
+    p.add_argument("a", help="row A: a method as in the table (e.g. mmccd@fast-bright), or METHOD/SOURCE:TARGET")
+    p.add_argument("b", help="row B, the same way")
+    p.add_argument("--pair", help="the contrast pair of both rows (e.g. flair:t2) when a method has several")
+    p.add_argument("--postprocess", default="none", help="none (raw maps, default) or a profile the benchmark "
+                   "reported, e.g. field")
+    p.add_argument("--test-set", help="a test set's label in results.json (default: the benchmark's own test split)")
+
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic phantom (minutes on a CPU)",
                        description="Generate a SYNTHETIC multi-contrast brain phantom data set, prepare it, train "
                                    "Cyclic UNet and MMCCD with the `tiny` preset, evaluate both and write reports.")
@@ -375,6 +387,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         print((Path(args.out) / "results.md").read_text())
         print(f"figures and per-run reports: {Path(args.out) / 'report.html'}")
+        return 0
+    if args.command == "compare":
+        from mmccd.pipeline.benchmark.compare import compare_rows, format_comparison
+
+        comparisons = compare_rows(args.results, args.a, args.b, pair=args.pair, postprocess=args.postprocess,
+                                   test_set=args.test_set)
+        print("\n".join(format_comparison(comparisons)))
         return 0
     if args.command == "demo":
         from mmccd.pipeline.demo import run_demo
