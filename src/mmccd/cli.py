@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train mmccd, cyclic-unet and dae of fold 0 with these training seeds (their variants "
                         "that only score differently are evaluated on those networks too): the seed spread beside "
                         "the subject spread, and which differences exceed it")
+    p.add_argument("--seed-methods", nargs="+", metavar="METHOD",
+                   help="the rows of the first pair the seed study repeats instead (e.g. mmccd dae mmccd@fast-bright: "
+                        "leaves out a slow scoring variant)")
     p.add_argument("--postprocess", nargs="+", default=[], choices=["field"], metavar="PROFILE",
                    help="named post-processing profiles reported beside the raw numbers: field (median, brain "
                         "erosion, small components as in the cDDPM/pDDPM code, scaled to the image size)")
@@ -381,7 +384,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_benchmark(args.data, args.out, preset=args.preset, methods=args.methods, pairs=args.pairs,
                       test_data=args.test_data, overwrite=args.overwrite, protocols=args.protocols,
                       scoring=args.scoring, folds=args.folds, profiles=args.postprocess, seeds=args.seeds,
-                      jobs=args.jobs, test_layout=args.test_layout, estimate_only=args.estimate_only,
+                      seed_methods=args.seed_methods, jobs=args.jobs, test_layout=args.test_layout, estimate_only=args.estimate_only,
                       postprocess=PostProcess(erode=args.erode, median=args.median, min_component=args.min_component))
         if args.estimate_only:
             return 0

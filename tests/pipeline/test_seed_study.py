@@ -75,18 +75,33 @@ def test_seed_spread_and_which_differences_exceed_it():
 
 def test_the_seed_study_trains_plain_networks_and_scores_their_score_only_variants(tmp_path):
     from mmccd.data.splits import Split
-    from mmccd.pipeline.benchmark.plan import plan_runs
+    from mmccd.pipeline.benchmark.plan import default_seed_rows, plan_runs
 
     (tmp_path / "preset.yaml").write_text("name: seed-test\nprepare: {size: 32}\ntrain: {iterations: 4, seed: 0}\n")
     (tmp_path / "bright.yaml").write_text("extends: preset.yaml\nscore: {residual: bright}\n")  # scores only
     (tmp_path / "noisy.yaml").write_text("extends: preset.yaml\ntrain: {source_noise_std: 0.2}\n")  # trains its own
     split = Split(name="s", train=("a", "b"), val=("c",), test=("d",))
     methods = ("dae", "threshold", f"dae@{tmp_path / 'bright.yaml'}", f"dae@{tmp_path / 'noisy.yaml'}")
+    rows = default_seed_rows(tmp_path / "preset.yaml", methods, plain=("dae",))
+    assert rows == ["dae", f"dae@{tmp_path / 'bright.yaml'}"]  # not the threshold, not the variant that trains
     specs = plan_runs(tmp_path / "out", tmp_path / "preset.yaml", [("flair", "t2", methods)], [split], cv=True,
-                      seeds=[1, 2], seed_methods=("dae",))
+                      seeds=[1, 2], seed_methods=rows)
     seeded = {(s.name, s.seed): s for s in specs if s.seed != 0}
     assert set(seeded) == {(n, k) for n in ("dae", "dae@bright") for k in (1, 2)}  # not the threshold, not @noisy
     for k in (1, 2):
         assert seeded[("dae@bright", k)].run == seeded[("dae", k)].run == tmp_path / "out/runs/fold-0" / f"seed-{k}" / \
             "dae_flair-t2"  # the variant evaluates the seed's own plain run
         assert seeded[("dae", k)].cfg.train.seed == k
+    only = plan_runs(tmp_path / "out", tmp_path / "preset.yaml", [("flair", "t2", methods)], [split], cv=True,
+                     seeds=[1], seed_methods=["dae"])  # --seed-methods dae: the named rows only
+    assert {(s.name, s.seed) for s in only if s.seed != 0} == {("dae", 1)}
+
+
+def test_seed_methods_outside_the_first_pair_are_refused(tmp_path):
+    from mmccd.errors import ConfigError
+    from mmccd.pipeline.benchmark import run_benchmark
+
+    with pytest.raises(ConfigError, match="--seed-methods ae: not among the methods of the first pair"):
+        run_benchmark(tmp_path / "cases", tmp_path / "out", preset="tiny", methods=["dae", "threshold"],
+                      seeds=[1], seed_methods=["dae", "ae"])
+    assert not (tmp_path / "out").exists()  # refused before anything is written

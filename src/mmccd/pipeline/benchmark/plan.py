@@ -123,8 +123,7 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
             main_seed = base.train.seed
             runs_seeds = [(m, main_seed) for m in ordered]
             if k == 0 and p == 0:  # the seed study: the first pair's fold 0 only
-                runs_seeds += [(m, s) for s in seeds if s != main_seed for m in ordered
-                               if split_variant(m)[0] in seed_methods]
+                runs_seeds += [(m, s) for s in seeds if s != main_seed for m in ordered if m in seed_methods]
             for token, seed in runs_seeds:
                 method, variant = split_variant(token)
                 overrides = {"method": method, "source": source, "target": target, "train": {"seed": seed}}
@@ -134,9 +133,6 @@ def plan_runs(out: Path, preset: str | Path, pairs: Sequence[tuple[str, str, tup
                 reuse = folder / run_name(shared[0], source, target) if shared else None
                 trains_like_plain = variant is not None and method in plain and \
                     training_part(cfg) == training_part(load_config(preset, overrides))
-                if seed != main_seed and variant is not None and not trains_like_plain:
-                    continue  # the seed study trains the plain methods' networks; a variant that only scores
-                    # them differently is evaluated on them too, one that trains its own is not repeated
                 spec = RunSpec(method, source, target, fold, seed, split, folder, reuse, cfg, variant, trains_like_plain)
                 name = method if variant is None or trains_like_plain else spec.name
                 specs.append(dataclasses.replace(spec, run=folder / run_name(name, source, target)))
@@ -179,6 +175,23 @@ def _with_supporting_runs(specs: list[RunSpec], preset: str | Path) -> list[RunS
                 planned.add(run)
         out.append(dataclasses.replace(spec, after=siblings) if siblings else spec)
     return out
+
+
+def default_seed_rows(preset: str | Path, methods: Sequence[str], plain: Sequence[str]) -> list[str]:
+    """The seed study's rows when none are named: the `plain` methods among `methods` and their variants that
+    only score differently (they are evaluated on each seed's networks at no training cost); a variant that
+    trains networks of its own is not repeated."""
+    rows = []
+    for token in dict.fromkeys(methods):
+        method, variant = split_variant(token)
+        if method not in plain:
+            continue
+        if variant is not None:
+            overrides = {"method": method}
+            if training_part(load_config(variant, overrides)) != training_part(load_config(preset, overrides)):
+                continue
+        rows.append(token)
+    return rows
 
 
 def training_part(cfg: ExperimentConfig) -> dict:
@@ -276,5 +289,5 @@ def estimate_training(specs: Sequence[RunSpec], jobs: int, threads: int = 1) -> 
 
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_PAIRS", "RunSpec", "TrainingEstimate", "estimate_training", "parse_pair",
-           "plan_runs", "provides_to", "remaining_networks", "row_name", "run_name", "split_variant",
+           "default_seed_rows", "plan_runs", "provides_to", "remaining_networks", "row_name", "run_name", "split_variant",
            "training_part"]

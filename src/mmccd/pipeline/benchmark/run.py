@@ -37,6 +37,7 @@ from mmccd.pipeline.benchmark.jobs import EvalPlan, TestSet, evaluate_spec, run_
 from mmccd.pipeline.benchmark.plan import (
     DEFAULT_METHODS,
     DEFAULT_PAIRS,
+    default_seed_rows,
     estimate_training,
     parse_pair,
     plan_runs,
@@ -60,7 +61,8 @@ SEED_METHODS = ("mmccd", "cyclic-unet", "dae")
 def benchmark_command(data: Path, out: Path, preset: str | Path, methods: Sequence[str], pairs: Sequence[str],
                       test_data: Path | None, postprocess: PostProcess, protocols: Sequence[str],
                       scoring: str = "auto", folds: int | None = None, profiles: Sequence[str] = (),
-                      seeds: Sequence[int] = (), jobs: int = 1, test_layout: Path | None = None) -> str:
+                      seeds: Sequence[int] = (), jobs: int = 1, test_layout: Path | None = None,
+                      seed_methods: Sequence[str] | None = None) -> str:
     """The `mmccd benchmark` command line that reproduces these results (written into results.md)."""
     parts = ["mmccd", "benchmark", "--data", str(data), "--preset", str(preset), "--out", str(out),
              "--methods", *methods, "--pairs", *pairs]
@@ -80,6 +82,8 @@ def benchmark_command(data: Path, out: Path, preset: str | Path, methods: Sequen
         parts += ["--scoring", str(scoring)]
     if seeds:
         parts += ["--seeds", *map(str, seeds)]
+        if seed_methods is not None:
+            parts += ["--seed-methods", *seed_methods]
     if jobs != 1:
         parts += ["--jobs", str(jobs)]
     return shlex.join(parts)
@@ -92,7 +96,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                   overwrite: bool = False, protocols: Sequence[str] = PROTOCOLS,
                   device: str | None = None, scoring: str = "auto", folds: int | None = None,
                   profiles: Sequence[str] = (), seeds: Sequence[int] = (), jobs: int = 1,
-                  test_layout: str | Path | None = None, estimate_only: bool = False) -> list[dict[str, Any]]:
+                  test_layout: str | Path | None = None, estimate_only: bool = False,
+                  seed_methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Prepare (or reuse), train (or reuse), evaluate every method on every pair; write the results in `out`.
 
     pairs:     "source:target" contrast pairs, e.g. ("flair:t2", "t1:t2"); "t2:flair=mmccd,dae" restricts a pair
@@ -102,8 +107,9 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
                also evaluated as test, with the threshold chosen on the run's own validation subjects
     protocols: "max_tumour" (one slice per subject, the reference) and/or "all" (whole volumes)
     profiles:  named post-processing profiles (e.g. "field") reported beside the raw numbers of every row
-    seeds:     extra training seeds for fold 0 (or the single split) of mmccd, cyclic-unet and dae (and their
-               variants that only score differently, on the same networks): training noise
+    seeds:     extra training seeds for fold 0 (or the single split): training noise
+    seed_methods: the rows (of `methods`) the seed study repeats; default mmccd, cyclic-unet, dae and their
+               variants that only score differently (evaluated on each seed's networks)
     jobs:      runs trained and evaluated in parallel processes (each with cores / jobs torch threads)
     device:    for scoring only (training uses the preset's, so runs stay resumable)
     scoring:   "auto" (each method's default: `fast` for MMCCD), "run" (each run's own), or a preset
@@ -119,6 +125,11 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
         raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
+    first_methods = pair_specs[0][2]
+    seed_rows = default_seed_rows(preset, first_methods, SEED_METHODS) if seed_methods is None else list(seed_methods)
+    if seeds and (unknown := [m for m in seed_rows if m not in first_methods]):
+        raise ConfigError(f"--seed-methods {' '.join(unknown)}: not among the methods of the first pair "
+                          f"({' '.join(first_methods)}), the one the seed study repeats")
     base = load_config(preset)
     pps = (postprocess, *(PostProcess.profile(p, base.prepare.size) for p in profiles if p != "none"))
     for _, _, ms in pair_specs:  # an unknown method, variant preset or scoring preset fails now, not after hours
@@ -136,7 +147,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     split_list = ([Split.of_store(splits)] if not folds else
                   load_or_create_folds(out / "prepared" / FOLDS_JSON, labelled, folds, base.prepare.val_fraction,
                                        base.prepare.split_seed))
-    specs = plan_runs(out, preset, pair_specs, split_list, cv=bool(folds), seeds=seeds, seed_methods=SEED_METHODS)
+    specs = plan_runs(out, preset, pair_specs, split_list, cv=bool(folds), seeds=seeds, seed_methods=seed_rows)
 
     test_sets = [TestSet(INTERNAL)]
     external: dict[str, Any] | None = None
@@ -173,7 +184,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     write_views(out, entries, reported, evals, INTERNAL, pps[0].describe(), store)
     meta = {
         "command": benchmark_command(data, out, preset, methods, list(pairs), test_data, postprocess, protocols,
-                                     scoring, folds, profiles, seeds, jobs, Path(test_layout) if test_layout else None),
+                                     scoring, folds, profiles, seeds, jobs, Path(test_layout) if test_layout else None,
+                                     seed_methods),
         "preset": str(preset), "scoring": scoring, "code_version": version, "config": to_dict(base),
         "data": str(data), "protocols": list(protocols), "folds": folds,
         "splits": [s.as_dict() for s in split_list], "split_seed": splits.get("seed"),
@@ -181,6 +193,7 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
         "n_labelled": len(labelled),
         "pairs": [[s, t, list(ms)] for s, t, ms in pair_specs], "methods": methods,
         "postprocess": [pp.describe() for pp in pps], "test_data": external, "seeds": list(seeds),
+        "seed_methods": seed_rows if seeds else [],
         "jobs": jobs, "estimate": estimate.describe(), "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
     }
     write_results(out, entries, meta, evals, seeds_table)
