@@ -101,3 +101,7 @@ def test_trained_with_code_names_every_network_s_code():
     assert trained_with_code({"code_version": "call", "code_version_by_net": {"a": "old", "b": "new"}}) == "new, old"
     assert trained_with_code({"code_version": "call", "code_version_by_net": {"a": "old", "b": "old"}}) == "old"
     assert trained_with_code({"code_version": "call"}) == "call"  # a network-free method (the threshold)
+    # a cross-validated row: every fold's run, not only the first fold's
+    assert trained_with_code({"code_version": "a", "code_version_by_net": {"x": "old"}},
+                             {"code_version": "b", "code_version_by_net": {"x": "new"}}) == "new, old"
+    assert trained_with_code({}) is None

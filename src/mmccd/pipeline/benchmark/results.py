@@ -175,7 +175,7 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
                     "train_seconds_by_net": train[0]["train_seconds_by_net"] if len(group) == 1 else
                     {k: round(sum(t["train_seconds_by_net"].get(k) or 0 for t in train), 1)
                      for k in train[0]["train_seconds_by_net"]},
-                    "train_note": train[0]["train_note"], "trained_with_code": trained_with_code(run_info),
+                    "train_note": train[0]["train_note"], "trained_with_code": trained_with_code(*(read_run_info(s.run) for s in group)),  # every fold's
                     "trained_with_code_by_net": run_info.get("code_version_by_net", {}),
                     "borrowed_networks": sorted(run_info.get("borrowed", {})),  # from the reversed pair's run
                     "scoring": describe_scoring(first.method, score_config), "score_config": score_config,
@@ -186,12 +186,15 @@ def make_entries(specs: Sequence[RunSpec], evals: Evaluations, out: Path, protoc
     return [to_jsonable(e) for e in entries]
 
 
-def trained_with_code(run_info: Mapping[str, Any]) -> str | None:
-    """The code version(s) that trained a run's networks, borrowed ones included (comma-separated when they
-    differ); the run's own call's version when it records none per network (a network-free method, older runs)."""
-    by_net = run_info.get("code_version_by_net") or {}
-    versions = sorted({v for v in by_net.values() if v})
-    return ", ".join(versions) if versions else run_info.get("code_version")
+def trained_with_code(*run_infos: Mapping[str, Any]) -> str | None:
+    """The code version(s) that trained the runs' networks (a row's folds), borrowed ones included
+    (comma-separated when they differ); a run's own call's version where it records none per network (a
+    network-free method, older runs)."""
+    versions = set()
+    for info in run_infos:
+        by_net = {v for v in (info.get("code_version_by_net") or {}).values() if v}
+        versions |= by_net or ({info["code_version"]} if info.get("code_version") else set())
+    return ", ".join(sorted(versions)) or None
 
 
 def add_base_comparisons(entries: list[dict[str, Any]], protocols: Sequence[str]) -> None:

@@ -126,7 +126,8 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     if bad or not protocols:
         raise ConfigError(f"protocols {bad or '(none)'}: expected one or more of {', '.join(PROTOCOLS)}")
     first_methods = pair_specs[0][2]
-    seed_rows = default_seed_rows(preset, first_methods, SEED_METHODS) if seed_methods is None else list(seed_methods)
+    seed_rows = [] if not seeds else \
+        default_seed_rows(preset, first_methods, SEED_METHODS) if seed_methods is None else list(seed_methods)
     if seeds and (unknown := [m for m in seed_rows if m not in first_methods]):
         raise ConfigError(f"--seed-methods {' '.join(unknown)}: not among the methods of the first pair "
                           f"({' '.join(first_methods)}), the one the seed study repeats")
