@@ -10,7 +10,8 @@ evaluates every point with the fold's own validation threshold on its test subje
 
 Validation Dice (the fold's validation subjects, at the threshold chosen there) is what a choice of preset may
 rest on; the test Dice beside it is the fold's test subjects, reported, never tuned on.
-Writes OUT/learning_curve.json, OUT/learning_curve.md and OUT/learning_curve.png; every run and evaluation is
+Writes OUT/learning_curve.json, OUT/learning_curve.md and OUT/learning_curve.png (and, with --size,
+OUT/learning_curve_size.png and a table of each method at both sizes, paired over the test subjects); every run and evaluation is
 resumable (run it again to continue). Scorings of MMCCD: `fast` (its default), `run` (the cpu preset's own,
 16 masks x 10 DDIM steps) and, with --reference, the published protocol (128 masks x 100 steps) on the
 max-tumour slices only (about 5 minutes per slice on one core).
@@ -33,6 +34,7 @@ from matplotlib.figure import Figure
 from mmccd.config import load_config
 from mmccd.data.prepare import prepare_dataset
 from mmccd.data.splits import Split
+from mmccd.evaluation.stats import compare_paired
 from mmccd.pipeline.evaluate import evaluate_run
 from mmccd.pipeline.runs import read_run_config, read_run_info, run_split, train_run
 from mmccd.scoring import resolve_scoring
@@ -157,7 +159,12 @@ def write_outputs(out: Path, results: dict) -> None:
                         f"| {f(mt.get('dice'))} ± {f(mt.get('dice_std'))} | {f(vol.get('val_dice'))} "
                         f"| {f(vol.get('dice'))} | {f(vol.get('auroc'))} | {f(q.get('translation_mae'))} "
                         f"| {f(q.get('stripe_mae'))} | {f(q.get('cyclic_error'))} |")
-    (out / "learning_curve.md").write_text(f"Command: `{results['command']}`\n\n" + "\n".join(rows) + "\n")
+    size_rows = size_table(results)
+    text = f"Command: `{results['command']}`\n\n" + "\n".join(rows) + "\n"
+    if size_rows:
+        text += "\n" + "\n".join(size_rows) + "\n"
+        size_figure(results).savefig(out / "learning_curve_size.png", dpi=110)
+    (out / "learning_curve.md").write_text(text)
     fig = Figure(figsize=(9, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, slices in zip(axes, ("max_tumour", "all"), strict=True):
@@ -186,6 +193,75 @@ def write_outputs(out: Path, results: dict) -> None:
         ax.legend(fontsize=7)
     fig.savefig(out / "learning_curve.png", dpi=110)
     print((out / "learning_curve.md").read_text())
+
+
+def size_pairs(results: dict) -> list[tuple[dict, dict]]:
+    """(point at the preset's size, point at --size) of each method trained for the same steps at both sizes."""
+    points = results["points"]
+    pairs = []
+    for big in (pt for pt in points if "size" in pt["tag"]):
+        small = [pt for pt in points if "size" not in pt["tag"] and pt["method"] == big["method"]
+                 and pt["steps"] == big["steps"]]
+        if small:
+            pairs.append((small[0], big))
+    return pairs
+
+
+def size_table(results: dict) -> list[str]:
+    """Markdown rows: each method and scoring at both image sizes (validation and test Dice), and the test
+    difference paired over the fold's test subjects (Wilcoxon, mmccd.evaluation.stats)."""
+    pairs = size_pairs(results)
+    if not pairs:
+        return []
+    small_px, big_px = pairs[0][0]["size"], pairs[0][1]["size"]
+    rows = [f"Image size, {pairs[0][1]['steps']:,} steps per network: {small_px} px vs {big_px} px "
+            "(Dice at each size's own validation threshold; Δ test = "
+            f"{big_px} px − {small_px} px, paired over the test subjects)", "",
+            f"| method | scoring | slices | val Dice {small_px} px | val Dice {big_px} px | test Dice {small_px} px | "
+            f"test Dice {big_px} px | Δ test (paired p, n) | translation MAE {small_px} / {big_px} px | "
+            f"translation SSIM {small_px} / {big_px} px |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for small, big in pairs:
+        for key in sorted(set(small["scores"]) & set(big["scores"])):
+            scoring, slices = key.split("/")
+            a, b = small["scores"][key], big["scores"][key]
+            cmp = compare_paired(b["per_subject"], a["per_subject"], f"{big_px} px", f"{small_px} px",
+                                 drop_unshared=True)
+            p = "–" if cmp.p_value is None else f"{cmp.p_value:.2g}"
+            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+            qa = small["translation"].get(scoring, small["translation"].get("run", {}))
+            qb = big["translation"].get(scoring, big["translation"].get("run", {}))
+            rows.append(f"| {small['method']} | {scoring} | {slices.replace('_', '-')} | {f(a.get('val_dice'))} "
+                        f"| {f(b.get('val_dice'))} | {f(a['dice'])} | {f(b['dice'])} | {cmp.mean_diff:+.3f} "
+                        f"(p {p}, n {cmp.n}) | {f(qa.get('translation_mae'))} / {f(qb.get('translation_mae'))} "
+                        f"| {f(qa.get('translation_ssim'))} / {f(qb.get('translation_ssim'))} |")
+    return rows
+
+
+def size_figure(results: dict) -> Figure:
+    """Bars of validation (hatched) and test Dice at both sizes, per method and scoring; max-tumour and volume."""
+    pairs = size_pairs(results)
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    for ax, slices in zip(fig.subplots(1, 2), ("max_tumour", "all"), strict=True):
+        labels, x = [], 0
+        for small, big in pairs:
+            for key in sorted(k for k in set(small["scores"]) & set(big["scores"]) if k.endswith("/" + slices)):
+                for j, pt in enumerate((small, big)):
+                    v = pt["scores"][key]
+                    colour = f"C{j}"
+                    ax.bar(x + j * 0.4 - 0.3, v.get("val_dice") or 0.0, 0.2, color=colour, alpha=0.45, hatch="//",
+                           label=f"{pt['size']} px, validation" if not labels else None)
+                    ax.bar(x + j * 0.4 - 0.1, v["dice"], 0.2, color=colour,
+                           label=f"{pt['size']} px, test" if not labels else None)
+                labels.append(f"{small['method']}\n({key.split('/')[0]})")
+                x += 1
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean subject Dice (own validation threshold)")
+        ax.set_title(("max-tumour slice" if slices == "max_tumour" else "whole volume")
+                     + f", {pairs[0][1]['steps']:,} steps")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""benchmarks/learning_curve.py's outputs from made-up points: the steps table, and the image-size table whose
+difference and paired p-value are those of mmccd.evaluation.stats on the same per-subject values."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curve.py"
+
+
+@pytest.fixture(scope="module")
+def lc():
+    spec = importlib.util.spec_from_file_location("learning_curve", SCRIPT)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _point(tag: str, steps: int, size: int, method: str, dice: list[float], val: float) -> dict:
+    per_subject = {f"s{i}": d for i, d in enumerate(dice)}
+    score = {"dice": sum(dice) / len(dice), "dice_std": 0.1, "val_dice": val, "n_val": 4, "auroc": 0.8,
+             "auprc": 0.5, "n": len(dice), "oracle_dice": 0.9, "per_subject": per_subject}
+    return {"tag": tag, "steps": steps, "size": size, "method": method, "scores": {"run/max_tumour": score,
+            "run/all": score}, "translation": {"run": {"translation_mae": 0.2, "translation_ssim": 0.5,
+                                                       "stripe_mae": None, "cyclic_error": 0.1}}}
+
+
+def test_size_table_pairs_each_method_at_both_sizes(lc, tmp_path):
+    small = [0.5, 0.6, 0.7, 0.4, 0.55, 0.65]
+    big = [0.6, 0.65, 0.75, 0.5, 0.6, 0.7]  # every subject higher at 128 px
+    results = {"command": "learning_curve.py --size 128", "points": [
+        _point("steps-1200", 1200, 64, "dae", small, 0.6), _point("steps-2400", 2400, 64, "dae", small, 0.6),
+        _point("steps-1200-size-128", 1200, 128, "dae", big, 0.7)]}
+    lc.write_outputs(tmp_path, results)
+    text = (tmp_path / "learning_curve.md").read_text()
+    assert "64 px vs 128 px" in text
+    rows = [r for r in text.splitlines() if r.startswith("| dae | run |")]
+    assert len(rows) == 2  # max-tumour and volume, only the 1,200-step point is paired
+    # mean of the differences by hand: (0.1 + 0.05 + 0.05 + 0.1 + 0.05 + 0.05) / 6 = 0.0667; all 6 positive,
+    # tied magnitudes -> sign-flip enumeration: p = 2 / 2^6 = 0.03125
+    assert "+0.067 (p 0.031, n 6)" in rows[0]
+    assert "| 0.600 | 0.700 |" in rows[0]  # validation Dice at both sizes
+    assert (tmp_path / "learning_curve_size.png").stat().st_size > 5000
+    assert (tmp_path / "learning_curve.png").exists()
+
+
+def test_no_size_point_no_size_table(lc, tmp_path):
+    results = {"command": "learning_curve.py", "points": [_point("steps-1200", 1200, 64, "dae", [0.5, 0.6], 0.6)]}
+    lc.write_outputs(tmp_path, results)
+    assert "px vs" not in (tmp_path / "learning_curve.md").read_text()
+    assert not (tmp_path / "learning_curve_size.png").exists()
