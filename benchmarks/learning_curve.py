@@ -8,6 +8,11 @@ evaluates every point with the fold's own validation threshold on its test subje
     .venv/bin/python benchmarks/learning_curve.py --bench results/cv --fold 0 --pair flair:t2 \\
         --steps 1200 2400 6000 --methods mmccd cyclic-unet dae --out results/learning [--size 128 --size-steps 1200]
 
+On several cores, one process per method (same --out; Cyclic UNet's before MMCCD's backward net is needed, since
+MMCCD copies it) and then `--merge` of each process's learning_curve.json (copied aside: they share the name):
+
+    ... --methods cyclic-unet &  ... --methods dae mmccd ;  ... --merge A.json B.json --out results/learning
+
 Validation Dice (the fold's validation subjects, at the threshold chosen there) is what a choice of preset may
 rest on; the test Dice beside it is the fold's test subjects, reported, never tuned on.
 Writes OUT/learning_curve.json, OUT/learning_curve.md and OUT/learning_curve.png (and, with --size,
@@ -94,7 +99,16 @@ def main() -> None:
     p.add_argument("--data", type=Path, help="the benchmark's data folder (needed for --size)")
     p.add_argument("--reference", action="store_true", help="also score MMCCD with the published protocol")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="only combine the learning_curve.json of runs made in parallel (e.g. one process per "
+                        "method, same --out) into OUT's outputs; trains and evaluates nothing")
     args = p.parse_args()
+    if args.merge:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = merge_results([json.loads(f.read_text()) for f in args.merge])
+        (args.out / "learning_curve.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        write_outputs(args.out, results)
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,6 +157,20 @@ def main() -> None:
                 previous[method] = run
         (args.out / "learning_curve.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     write_outputs(args.out, results)
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from several (same bench, fold and pair): every point once per (tag, method), the later
+    part's on a repeat; the commands that made them are listed."""
+    keys = {(r["bench"], r["fold"], r["pair"]) for r in parts}
+    if len(keys) != 1:
+        raise SystemExit(f"--merge: the files are of different benchmarks, folds or pairs: {sorted(keys)}")
+    points: dict[tuple[str, str], dict] = {}
+    for r in parts:
+        points.update({(pt["tag"], pt["method"]): pt for pt in r["points"]})
+    order = sorted(points, key=lambda k: ("size" in k[0], points[k]["steps"], k[0], k[1]))
+    commands = list(dict.fromkeys(r["command"] for r in parts))
+    return {**parts[0], "command": " ; ".join(commands), "commands": commands, "points": [points[k] for k in order]}
 
 
 def write_outputs(out: Path, results: dict) -> None:

@@ -52,3 +52,18 @@ def test_no_size_point_no_size_table(lc, tmp_path):
     lc.write_outputs(tmp_path, results)
     assert "px vs" not in (tmp_path / "learning_curve.md").read_text()
     assert not (tmp_path / "learning_curve_size.png").exists()
+
+
+def test_merge_keeps_every_point_once(lc):
+    base = {"bench": "b", "fold": 0, "pair": "flair:t2"}
+    a = {**base, "command": "A", "points": [_point("steps-1200", 1200, 64, "cyclic-unet", [0.5], 0.5),
+                                             _point("steps-1200-size-128", 1200, 128, "cyclic-unet", [0.6], 0.5)]}
+    b = {**base, "command": "B", "points": [_point("steps-1200", 1200, 64, "dae", [0.7], 0.5),
+                                             _point("steps-1200", 1200, 64, "cyclic-unet", [0.9], 0.5)]}
+    merged = lc.merge_results([a, b])
+    assert [(p["tag"], p["method"]) for p in merged["points"]] == [
+        ("steps-1200", "cyclic-unet"), ("steps-1200", "dae"), ("steps-1200-size-128", "cyclic-unet")]
+    assert merged["points"][0]["scores"]["run/all"]["dice"] == 0.9  # the later file's point on a repeat
+    assert merged["commands"] == ["A", "B"]
+    with pytest.raises(SystemExit, match="different"):
+        lc.merge_results([a, {**b, "fold": 1}])
