@@ -159,6 +159,16 @@ def main() -> None:
     write_outputs(args.out, results)
 
 
+def _cell(v: float | None) -> str:
+    """A table cell: three decimals, or a dash where there is no value."""
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _translation(point: dict, scoring: str) -> dict:
+    """The point's healthy-tissue translation quality under `scoring` (the run's own for single-scoring methods)."""
+    return point["translation"].get(scoring, point["translation"].get("run", {}))
+
+
 def merge_results(parts: list[dict]) -> dict:
     """One results dict from several (same bench, fold and pair): every point once per (tag, method), the later
     part's on a repeat; the commands that made them are listed."""
@@ -178,15 +188,13 @@ def write_outputs(out: Path, results: dict) -> None:
             "test Dice volume | AUROC volume | translation MAE (healthy) | imagined-stripe MAE (healthy) | "
             "cyclic error (healthy) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for pt in results["points"]:
-        tq = pt["translation"]
         for scoring in sorted({k.split("/")[0] for k in pt["scores"]}):
             mt, vol = pt["scores"].get(f"{scoring}/max_tumour", {}), pt["scores"].get(f"{scoring}/all", {})
-            q = tq.get(scoring, tq.get("run", {}))
-            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            rows.append(f"| {pt['tag']} | {pt['method']} | {scoring} | {f(mt.get('val_dice'))} "
-                        f"| {f(mt.get('dice'))} ± {f(mt.get('dice_std'))} | {f(vol.get('val_dice'))} "
-                        f"| {f(vol.get('dice'))} | {f(vol.get('auroc'))} | {f(q.get('translation_mae'))} "
-                        f"| {f(q.get('stripe_mae'))} | {f(q.get('cyclic_error'))} |")
+            q = _translation(pt, scoring)
+            rows.append(f"| {pt['tag']} | {pt['method']} | {scoring} | {_cell(mt.get('val_dice'))} "
+                        f"| {_cell(mt.get('dice'))} ± {_cell(mt.get('dice_std'))} | {_cell(vol.get('val_dice'))} "
+                        f"| {_cell(vol.get('dice'))} | {_cell(vol.get('auroc'))} | {_cell(q.get('translation_mae'))} "
+                        f"| {_cell(q.get('stripe_mae'))} | {_cell(q.get('cyclic_error'))} |")
     size_rows = size_table(results)
     text = f"Command: `{results['command']}`\n\n" + "\n".join(rows) + "\n"
     if size_rows:
@@ -255,13 +263,11 @@ def size_table(results: dict) -> list[str]:
             cmp = compare_paired(b["per_subject"], a["per_subject"], f"{big_px} px", f"{small_px} px",
                                  drop_unshared=True)
             p = "–" if cmp.p_value is None else f"{cmp.p_value:.2g}"
-            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            qa = small["translation"].get(scoring, small["translation"].get("run", {}))
-            qb = big["translation"].get(scoring, big["translation"].get("run", {}))
-            rows.append(f"| {small['method']} | {scoring} | {slices.replace('_', '-')} | {f(a.get('val_dice'))} "
-                        f"| {f(b.get('val_dice'))} | {f(a['dice'])} | {f(b['dice'])} | {cmp.mean_diff:+.3f} "
-                        f"(p {p}, n {cmp.n}) | {f(qa.get('translation_mae'))} / {f(qb.get('translation_mae'))} "
-                        f"| {f(qa.get('translation_ssim'))} / {f(qb.get('translation_ssim'))} |")
+            qa, qb = _translation(small, scoring), _translation(big, scoring)
+            rows.append(f"| {small['method']} | {scoring} | {slices.replace('_', '-')} | {_cell(a.get('val_dice'))} "
+                        f"| {_cell(b.get('val_dice'))} | {_cell(a['dice'])} | {_cell(b['dice'])} | {cmp.mean_diff:+.3f} "
+                        f"(p {p}, n {cmp.n}) | {_cell(qa.get('translation_mae'))} / {_cell(qb.get('translation_mae'))} "
+                        f"| {_cell(qa.get('translation_ssim'))} / {_cell(qb.get('translation_ssim'))} |")
     return rows
 
 
