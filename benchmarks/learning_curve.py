@@ -165,8 +165,10 @@ def _cell(v: float | None) -> str:
 
 
 def _translation(point: dict, scoring: str) -> dict:
-    """The point's healthy-tissue translation quality under `scoring` (the run's own for single-scoring methods)."""
-    return point["translation"].get(scoring, point["translation"].get("run", {}))
+    """The point's healthy-tissue translation quality under `scoring`: the run's own for a single-scoring method,
+    nothing for an MMCCD scoring it was not measured under (the reference)."""
+    measured = point["translation"]
+    return measured.get(scoring, measured.get("run", {}) if len(measured) == 1 else {})
 
 
 def merge_results(parts: list[dict]) -> dict:

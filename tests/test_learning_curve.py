@@ -3,20 +3,14 @@ difference and paired p-value are those of mmccd.evaluation.stats on the same pe
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curve.py"
+from benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def lc():
-    spec = importlib.util.spec_from_file_location("learning_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script("learning_curve")
 
 
 def _point(tag: str, steps: int, size: int, method: str, dice: list[float], val: float) -> dict:
@@ -67,3 +61,16 @@ def test_merge_keeps_every_point_once(lc):
     assert merged["commands"] == ["A", "B"]
     with pytest.raises(SystemExit, match="different"):
         lc.merge_results([a, {**b, "fold": 1}])
+
+
+def test_a_scoring_without_a_translation_measure_gets_dashes_not_another_scorings(lc, tmp_path):
+    pt = _point("steps-1200", 1200, 64, "mmccd", [0.5, 0.6], 0.6)
+    score = pt["scores"]["run/max_tumour"]
+    pt["scores"] = {"fast/max_tumour": score, "run/max_tumour": score, "reference/max_tumour": score}
+    pt["translation"] = {"fast": {"translation_mae": 0.276, "stripe_mae": 0.281, "cyclic_error": 0.1},
+                         "run": {"translation_mae": 0.300, "stripe_mae": 0.307, "cyclic_error": 0.1}}
+    lc.write_outputs(tmp_path, {"command": "c", "points": [pt]})
+    rows = {r.split(" | ")[2]: r for r in (tmp_path / "learning_curve.md").read_text().splitlines()
+            if r.startswith("| steps-1200 | mmccd |")}
+    assert "| 0.276 | 0.281 |" in rows["fast"] and "| 0.300 | 0.307 |" in rows["run"]
+    assert rows["reference"].endswith("| – | – | – |")  # measured under fast and run only
