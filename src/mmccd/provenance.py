@@ -36,6 +36,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo, else `platform.processor()`): floating-point kernels, and
+    so trained weights, can differ between CPUs under the same code, seed and torch build."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_info() -> dict[str, Any]:
     import torch
 
@@ -44,6 +56,8 @@ def run_info() -> dict[str, Any]:
         "packages": package_versions(),
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}",
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernel set torch picked (e.g. AVX512)
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

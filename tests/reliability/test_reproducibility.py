@@ -8,6 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import mmccd
@@ -53,6 +54,9 @@ def test_run_folder_records_config_code_and_packages(runs, prepared):
         info = json.loads((run / "run_info.json").read_text())
         _provenance(info)
         assert info["prepared"] == str(prepared.resolve())
+        # the processor and torch's kernel set: the same code and seed can train other weights on another CPU
+        assert info["cpu"] and info["cpu"] != "unknown"
+        assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_prepared_store_records_config_code_and_packages_and_is_reproducible(prepared, phantom, small_preset, tmp_path):

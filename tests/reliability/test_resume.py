@@ -164,6 +164,10 @@ def test_resuming_a_finished_run_keeps_the_code_that_trained_it(run_copy, prepar
     after = json.loads((run / "run_info.json").read_text())
     assert after["code_version"] == before["code_version"] != "later-code"
     assert after["time"] == before["time"] and after["train_seconds"] == before["train_seconds"]
+    # a run recorded before run_info named the processor: a resume that trains nothing must not name this one
+    (run / "run_info.json").write_text(json.dumps({k: v for k, v in after.items() if k != "cpu"}))
+    train_run(prepared, run, cfg, resume=True)
+    assert "cpu" not in json.loads((run / "run_info.json").read_text())
     longer = load_config(small_preset, {"method": "cyclic-unet", "train": {"iterations": 25, "checkpoint_every": 5}})
     train_run(prepared, run, longer, resume=True)
     after = json.loads((run / "run_info.json").read_text())

@@ -125,7 +125,8 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 
 
 # run_info's record of the code and machine that trained the run (provenance.run_info)
-PROVENANCE_KEYS = ("code_version", "packages", "python", "machine", "torch_threads", "cuda", "device", "time")
+PROVENANCE_KEYS = ("code_version", "packages", "python", "machine", "cpu", "cpu_capability", "torch_threads", "cuda",
+                   "device", "time")
 
 # what may change on --resume: more iterations, bookkeeping, and the sections training does not use
 RESUME_MAY_CHANGE = ("name", "device", "score", "eval", "train.iterations", "train.checkpoint_every",
@@ -219,6 +220,8 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
             info.setdefault("code_version_by_net", {})[name] = info["code_version"]
     if not trained_now and "code_version" in before:  # a resume that trained nothing: the code and machine that
         info |= {k: before[k] for k in PROVENANCE_KEYS if k in before}  # trained it stay recorded, not this call's
+        for key in (k for k in PROVENANCE_KEYS if k not in before):  # (a run recorded before a key existed: unknown)
+            info.pop(key, None)
     if rank == 0:
         write_run_info(run_dir, info)
     return method.eval()
