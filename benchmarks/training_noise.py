@@ -32,11 +32,9 @@ from statistics import mean, stdev
 import torch
 
 from mmccd.config import MODALITIES, load_config
-from mmccd.data.prepare import prepare_dataset
-from mmccd.data.splits import FOLDS_JSON, load_or_create_folds
-from mmccd.data.store import PreparedStore
 from mmccd.pipeline.benchmark.jobs import ensure_trained
 from mmccd.pipeline.benchmark.plan import parse_pair, plan_runs, run_name
+from mmccd.pipeline.benchmark.run import prepare_and_split
 from mmccd.pipeline.evaluate import evaluate_run
 from mmccd.pipeline.runs import read_run_config, run_split, train_run
 from mmccd.scoring import resolve_scoring
@@ -49,14 +47,9 @@ PROTOCOLS = ("max_tumour", "all")
 
 def benchmark_runs(data: Path, bench: Path, fold: int, pair: tuple[str, str], folds: int, preset: str) -> Path:
     """Train (or reuse) the benchmark's Cyclic UNet and MMCCD of `fold`; returns MMCCD's run folder."""
-    base = load_config(preset)
     # the store as the CV benchmark of docs/results.md prepares it (all three contrasts of its pairs)
     required = sorted({*pair, "t1", "t2", "flair"}, key=MODALITIES.index)
-    prepare_dataset(data, bench / "prepared", base.prepare, required=required)
-    splits = PreparedStore.open(bench / "prepared").splits()
-    labelled = sorted(splits["train"] + splits["val"] + splits["test"])
-    split_list = load_or_create_folds(bench / "prepared" / FOLDS_JSON, labelled, folds, base.prepare.val_fraction,
-                                      base.prepare.split_seed)
+    _, split_list = prepare_and_split(data, bench, load_config(preset), required, folds)
     specs = plan_runs(bench, preset, [parse_pair(":".join(pair), ["cyclic-unet", "mmccd"])], split_list, cv=True)
     for spec in specs:
         if spec.fold == fold:

@@ -219,9 +219,8 @@ def train_run(prepared: Path, run_dir: Path, cfg: ExperimentConfig, *, overwrite
             trained_now.append(name)
             info.setdefault("code_version_by_net", {})[name] = info["code_version"]
     if not trained_now and "code_version" in before:  # a resume that trained nothing: the code and machine that
-        info |= {k: before[k] for k in PROVENANCE_KEYS if k in before}  # trained it stay recorded, not this call's
-        for key in (k for k in PROVENANCE_KEYS if k not in before):  # (a run recorded before a key existed: unknown)
-            info.pop(key, None)
+        info = ({k: v for k, v in info.items() if k not in PROVENANCE_KEYS}  # trained it stay recorded, not this
+                | {k: before[k] for k in PROVENANCE_KEYS if k in before})  # call's (a key recorded since: unknown)
     if rank == 0:
         write_run_info(run_dir, info)
     return method.eval()

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmccd.config import MODALITIES, load_config, to_dict
-from mmccd.data.prepare import prepare_dataset
+from mmccd.config import MODALITIES, ExperimentConfig, load_config, to_dict
+from mmccd.data.prepare import PrepareSummary, prepare_dataset
 from mmccd.data.splits import FOLDS_JSON, Split, load_or_create_folds
 from mmccd.data.store import PREPARE_JSON, PreparedStore
 from mmccd.errors import ConfigError, OutputExistsError
@@ -140,14 +140,10 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     _prepare_out(out, overwrite)
 
     contrasts = sorted({c for s, t, _ in pair_specs for c in (s, t)}, key=MODALITIES.index)
-    log.info("benchmark: preparing %s -> %s", data, out / "prepared")
-    prepared = prepare_dataset(data, out / "prepared", base.prepare, required=contrasts)
+    prepared, split_list = prepare_and_split(data, out, base, contrasts, folds)
     store = PreparedStore.open(out / "prepared")
     splits = store.splits()
     labelled = sorted(splits["train"] + splits["val"] + splits["test"])
-    split_list = ([Split.of_store(splits)] if not folds else
-                  load_or_create_folds(out / "prepared" / FOLDS_JSON, labelled, folds, base.prepare.val_fraction,
-                                       base.prepare.split_seed))
     specs = plan_runs(out, preset, pair_specs, split_list, cv=bool(folds), seeds=seeds, seed_methods=seed_rows)
 
     test_sets = [TestSet(INTERNAL)]
@@ -201,6 +197,20 @@ def run_benchmark(data: str | Path, out: str | Path, preset: str | Path = "cpu",
     return entries
 
 
+def prepare_and_split(data: Path, out: Path, base: ExperimentConfig, contrasts: Sequence[str],
+                      folds: int | None) -> tuple[PrepareSummary, list[Split]]:
+    """The benchmark's store (OUT/prepared, resumed) and its splits: the store's own, or K subject-level folds
+    over every labelled case (OUT/prepared/folds.json, written once)."""
+    log.info("benchmark: preparing %s -> %s", data, out / "prepared")
+    prepared = prepare_dataset(data, out / "prepared", base.prepare, required=contrasts)
+    splits = PreparedStore.open(out / "prepared").splits()
+    labelled = sorted(splits["train"] + splits["val"] + splits["test"])
+    split_list = ([Split.of_store(splits)] if not folds else
+                  load_or_create_folds(out / "prepared" / FOLDS_JSON, labelled, folds, base.prepare.val_fraction,
+                                       base.prepare.split_seed))
+    return prepared, split_list
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if overwrite and out.exists() and contents(out):
         if not ((out / "prepared" / PREPARE_JSON).exists() or (out / "results.json").exists()):
@@ -211,5 +221,5 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-__all__ = ["EXTERNAL", "INTERNAL", "NO_POSTPROCESS", "PROTOCOLS", "benchmark_command", "prepare_test_store",
+__all__ = ["EXTERNAL", "INTERNAL", "NO_POSTPROCESS", "PROTOCOLS", "benchmark_command", "prepare_and_split", "prepare_test_store",
            "run_benchmark"]
