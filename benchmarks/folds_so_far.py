@@ -25,6 +25,7 @@ from statistics import mean, stdev
 from typing import Any
 
 from mmccd.evaluation.stats import compare_paired, subject_values
+from mmccd.pipeline.benchmark.jobs import eval_folder
 from mmccd.pipeline.benchmark.plan import parse_pair, run_name
 
 PROTOCOLS = {"max_tumour": "max-tumour slice", "all": "whole volume"}
@@ -32,8 +33,8 @@ PROTOCOLS = {"max_tumour": "max-tumour slice", "all": "whole volume"}
 
 def eval_dir(bench: Path, fold: int, row: str, source: str, target: str, slices: str, postprocess: str) -> Path:
     method, _, scoring = row.partition("@")
-    name = f"eval-{slices}" + (f"-{postprocess}" if postprocess != "none" else "") + (f"@{scoring}" if scoring else "")
-    return bench / "runs" / f"fold-{fold}" / run_name(method, source, target) / name
+    run = bench / "runs" / f"fold-{fold}" / run_name(method, source, target)
+    return eval_folder(run, slices, None if postprocess == "none" else postprocess, scoring or None)
 
 
 def finished_folds(bench: Path, rows: Sequence[str], source: str, target: str, postprocess: str) -> list[int]:

@@ -130,8 +130,8 @@ def test_outputs_are_unchanged(workdir, method):
     else:  # fp32 kernels round differently; bf16 ones (`fast` where native) by bf16's 8 bits of mantissa
         # `fast` runs in bf16 where it is native, so its maps differ by bf16's rounding when either machine
         # (this one or the goldens') used it: an fp32 machine against bf16 goldens too
-        bf16 = method == "mmccd-fast" and "True" in (str(native_bf16(torch.device("cpu"))),
-                                                     golden["machine"].get("native_bf16", "True"))
+        bf16 = method == "mmccd-fast" and (native_bf16(torch.device("cpu"))
+                                           or golden["machine"].get("native_bf16") == "True")
         rtol, atol, mtol = (5e-2, 2e-3, 2e-2) if bf16 else (1e-4, 1e-6, 1e-4)
         for k, v in want["maps_probe"].items():
             np.testing.assert_allclose(got["maps_probe"][k], v, rtol=rtol, atol=atol)

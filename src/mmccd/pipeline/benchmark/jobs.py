@@ -46,6 +46,13 @@ class TestSet:
         return "eval-" if self.store is None else "eval-test-data-"
 
 
+def eval_folder(run: Path, slices: str, postprocess: str | None = None, variant: str | None = None,
+                prefix: str = "eval-") -> Path:
+    """Where one evaluation of a run lives: RUN/eval-SLICES[-PROFILE][@VARIANT] (prefix eval-test-data- for
+    another store's cases); postprocess None for the raw maps."""
+    return run / f"{prefix}{slices}{'-' + postprocess if postprocess else ''}{'@' + variant if variant else ''}"
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """The evaluations of every run: slice protocols x post-processings x test sets."""
@@ -57,8 +64,8 @@ class EvalPlan:
     device: str | None = None
 
     def folder(self, run: Path, test_set: TestSet, slices: str, pp: PostProcess, variant: str | None = None) -> Path:
-        tag = "" if pp is self.postprocess[0] else f"-{pp.name or 'pp'}"
-        return run / f"{test_set.folder_prefix}{slices}{tag}{'@' + variant if variant else ''}"
+        tag = None if pp is self.postprocess[0] else (pp.name or "pp")
+        return eval_folder(run, slices, tag, variant, test_set.folder_prefix)
 
 
 def is_trained(prepared: Path, spec: RunSpec) -> bool:
