@@ -8,6 +8,8 @@ evaluates every point with the fold's own validation threshold on its test subje
     .venv/bin/python benchmarks/learning_curve.py --bench results/cv --fold 0 --pair flair:t2 \\
         --steps 1200 2400 6000 --methods mmccd cyclic-unet dae --out results/learning [--size 128 --size-steps 1200]
 
+With --data, the fold's runs are trained first when --bench does not hold them (as the benchmark trains them).
+
 On several cores, one process per method (same --out; Cyclic UNet's before MMCCD's backward net is needed, since
 MMCCD copies it) and then `--merge` of each process's learning_curve.json (copied aside: they share the name):
 
@@ -67,6 +69,33 @@ def train_to(prepared: Path, run: Path, method: str, pair: tuple[str, str], step
     return time.perf_counter() - start
 
 
+def train_fold(data: Path, bench: Path, fold: int, pair: tuple[str, str], methods: list[str], preset: str,
+               folds: int) -> None:
+    """The fold's runs as `mmccd benchmark --folds K --methods METHODS` trains them (reused when present)."""
+    from mmccd.config import MODALITIES
+    from mmccd.pipeline.benchmark.jobs import ensure_trained
+    from mmccd.pipeline.benchmark.plan import parse_pair, plan_runs
+    from mmccd.pipeline.benchmark.run import prepare_and_split
+
+    required = sorted({*pair, "t1", "t2", "flair"}, key=MODALITIES.index)  # the CV benchmark's store
+    _, split_list = prepare_and_split(data, bench, load_config(preset), required, folds)
+    for spec in plan_runs(bench, preset, [parse_pair(":".join(pair), methods)], split_list, cv=True):
+        if spec.fold == fold:
+            ensure_trained(bench / "prepared", spec)
+
+
+def scorings_at(steps: int, reference: bool, reference_steps: list[int] | None) -> list[str]:
+    """MMCCD's scorings at a point: `fast` and the run's own always, the reference where it was asked for."""
+    return ["fast", "run"] + (["reference"] if reference and (reference_steps is None or steps in reference_steps)
+                              else [])
+
+
+def backward_is_cyclic_unets(method: str, methods: list[str]) -> bool:
+    """MMCCD's backward UNet is Cyclic UNet's at the same steps (copied, not retrained) when Cyclic UNet is in the
+    study; without it, MMCCD resumes its own backward net like its forward one."""
+    return method == "mmccd" and "cyclic-unet" in methods
+
+
 def evaluate_point(run: Path, method: str, scorings: list[str], protocols: list[str]) -> dict:
     out = {}
     for scoring in scorings if method == "mmccd" else ["run"]:
@@ -96,8 +125,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("results/learning"))
     p.add_argument("--size", type=int, help="also train at this image size (e.g. 128) for --size-steps steps")
     p.add_argument("--size-steps", type=int, default=1200)
-    p.add_argument("--data", type=Path, help="the benchmark's data folder (needed for --size)")
+    p.add_argument("--data", type=Path, help="the benchmark's data folder (needed for --size, and to train the "
+                   "fold's runs first when --bench does not hold them: as `mmccd benchmark --folds K` would)")
+    p.add_argument("--folds", type=int, default=3, help="K of the benchmark the fold's runs are trained for")
     p.add_argument("--reference", action="store_true", help="also score MMCCD with the published protocol")
+    p.add_argument("--reference-steps", type=int, nargs="+", metavar="STEPS",
+                   help="with --reference: only at these points (default: every point)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                    help="only combine the learning_curve.json of runs made in parallel (e.g. one process per "
@@ -115,7 +148,8 @@ def main() -> None:
     pair = tuple(args.pair.split(":"))
     fold_root = args.bench / "runs" / f"fold-{args.fold}"
     methods = sorted(args.methods, key=lambda m: m != "cyclic-unet")  # its backward UNet is MMCCD's
-    scorings = ["fast", "run"] + (["reference"] if args.reference else [])
+    if args.data and not (fold_root / f"{methods[0]}_{pair[0]}-{pair[1]}").exists():
+        train_fold(args.data, args.bench, args.fold, pair, methods, args.preset, args.folds)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"command": " ".join(sys.argv), "bench": str(args.bench), "fold": args.fold, "pair": args.pair,
                      "points": []}
@@ -139,12 +173,14 @@ def main() -> None:
                 src = fold_root / f"{method}_{pair[0]}-{pair[1]}"
             if src is not None:
                 copy_run(src, run)
-                if method == "mmccd":  # its backward UNet is Cyclic UNet's at the same steps: copied, not retrained
+                if backward_is_cyclic_unets(method, methods):
                     shared = run / "checkpoints" / "target_to_source.pt"
                     if shared.exists() and read_run_config(run).train.iterations < steps:
                         shared.unlink()
-            reuse = args.out / tag / f"cyclic-unet_{pair[0]}-{pair[1]}" if method == "mmccd" else None
+            reuse = (args.out / tag / f"cyclic-unet_{pair[0]}-{pair[1]}"
+                     if backward_is_cyclic_unets(method, methods) else None)
             seconds = train_to(store, run, method, pair, steps, split, args.preset, reuse, size)
+            scorings = scorings_at(steps, args.reference, args.reference_steps)
             point = {"tag": tag, "steps": steps, "size": size or read_run_config(run).prepare.size, "method": method,
                      "trained_seconds_this_call": round(seconds, 1),
                      "train_seconds": read_run_info(run).get("train_seconds"),

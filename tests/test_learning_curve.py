@@ -74,3 +74,17 @@ def test_a_scoring_without_a_translation_measure_gets_dashes_not_another_scoring
             if r.startswith("| steps-1200 | mmccd |")}
     assert "| 0.276 | 0.281 |" in rows["fast"] and "| 0.300 | 0.307 |" in rows["run"]
     assert rows["reference"].endswith("| – | – | – |")  # measured under fast and run only
+
+
+def test_the_reference_scoring_only_at_the_points_asked_for(lc):
+    assert lc.scorings_at(1200, False, None) == ["fast", "run"]
+    assert lc.scorings_at(1200, True, None) == ["fast", "run", "reference"]  # every point by default
+    assert lc.scorings_at(1200, True, [2400, 3600]) == ["fast", "run"]
+    assert lc.scorings_at(3600, True, [2400, 3600]) == ["fast", "run", "reference"]
+    assert lc.scorings_at(3600, False, [3600]) == ["fast", "run"]  # --reference-steps alone asks for nothing
+
+
+def test_mmccd_copies_cyclic_unets_backward_only_when_cyclic_unet_is_in_the_study(lc):
+    assert lc.backward_is_cyclic_unets("mmccd", ["cyclic-unet", "mmccd"])
+    assert not lc.backward_is_cyclic_unets("mmccd", ["mmccd", "dae"])  # resumes its own backward net
+    assert not lc.backward_is_cyclic_unets("cyclic-unet", ["cyclic-unet", "mmccd"])
