@@ -47,6 +47,7 @@ from mmccd.pipeline.runs import read_run_config, read_run_info, run_split, train
 from mmccd.scoring import resolve_scoring
 
 sys.path.insert(0, str(Path(__file__).parent))
+from training_noise import benchmark_runs  # noqa: E402
 from translation_quality import translation_quality  # noqa: E402
 
 
@@ -67,21 +68,6 @@ def train_to(prepared: Path, run: Path, method: str, pair: tuple[str, str], step
     start = time.perf_counter()
     train_run(prepared, run, cfg, resume=True, reuse_backward_from=reuse, split=split)
     return time.perf_counter() - start
-
-
-def train_fold(data: Path, bench: Path, fold: int, pair: tuple[str, str], methods: list[str], preset: str,
-               folds: int) -> None:
-    """The fold's runs as `mmccd benchmark --folds K --methods METHODS` trains them (reused when present)."""
-    from mmccd.config import MODALITIES
-    from mmccd.pipeline.benchmark.jobs import ensure_trained
-    from mmccd.pipeline.benchmark.plan import parse_pair, plan_runs
-    from mmccd.pipeline.benchmark.run import prepare_and_split
-
-    required = sorted({*pair, "t1", "t2", "flair"}, key=MODALITIES.index)  # the CV benchmark's store
-    _, split_list = prepare_and_split(data, bench, load_config(preset), required, folds)
-    for spec in plan_runs(bench, preset, [parse_pair(":".join(pair), methods)], split_list, cv=True):
-        if spec.fold == fold:
-            ensure_trained(bench / "prepared", spec)
 
 
 def scorings_at(steps: int, reference: bool, reference_steps: list[int] | None) -> list[str]:
@@ -149,7 +135,7 @@ def main() -> None:
     fold_root = args.bench / "runs" / f"fold-{args.fold}"
     methods = sorted(args.methods, key=lambda m: m != "cyclic-unet")  # its backward UNet is MMCCD's
     if args.data and not (fold_root / f"{methods[0]}_{pair[0]}-{pair[1]}").exists():
-        train_fold(args.data, args.bench, args.fold, pair, methods, args.preset, args.folds)
+        benchmark_runs(args.data, args.bench, args.fold, pair, args.folds, args.preset, methods)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"command": " ".join(sys.argv), "bench": str(args.bench), "fold": args.fold, "pair": args.pair,
                      "points": []}

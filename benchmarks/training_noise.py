@@ -26,6 +26,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -45,12 +46,14 @@ from translation_quality import translation_quality  # noqa: E402
 PROTOCOLS = ("max_tumour", "all")
 
 
-def benchmark_runs(data: Path, bench: Path, fold: int, pair: tuple[str, str], folds: int, preset: str) -> Path:
-    """Train (or reuse) the benchmark's Cyclic UNet and MMCCD of `fold`; returns MMCCD's run folder."""
+def benchmark_runs(data: Path, bench: Path, fold: int, pair: tuple[str, str], folds: int, preset: str,
+                   methods: Sequence[str] = ("cyclic-unet", "mmccd")) -> Path:
+    """Train (or reuse) the benchmark's runs of `methods` in `fold`, as `mmccd benchmark --folds K --methods
+    METHODS` trains them; returns MMCCD's run folder."""
     # the store as the CV benchmark of docs/results.md prepares it (all three contrasts of its pairs)
     required = sorted({*pair, "t1", "t2", "flair"}, key=MODALITIES.index)
     _, split_list = prepare_and_split(data, bench, load_config(preset), required, folds)
-    specs = plan_runs(bench, preset, [parse_pair(":".join(pair), ["cyclic-unet", "mmccd"])], split_list, cv=True)
+    specs = plan_runs(bench, preset, [parse_pair(":".join(pair), list(methods))], split_list, cv=True)
     for spec in specs:
         if spec.fold == fold:
             ensure_trained(bench / "prepared", spec)
