@@ -70,10 +70,13 @@ def train_to(prepared: Path, run: Path, method: str, pair: tuple[str, str], step
     return time.perf_counter() - start
 
 
-def scorings_at(steps: int, reference: bool, reference_steps: list[int] | None) -> list[str]:
-    """MMCCD's scorings at a point: `fast` and the run's own always, the reference where it was asked for."""
-    return ["fast", "run"] + (["reference"] if reference and (reference_steps is None or steps in reference_steps)
-                              else [])
+def scorings_at(steps: int, reference: bool, reference_steps: list[int] | None, size: int | None = None,
+                reference_sizes: list[int] | None = None) -> list[str]:
+    """MMCCD's scorings at a point (`size`: its image size): `fast` and the run's own always, the reference where it
+    was asked for (both filters, steps and sizes, must admit the point; None admits every point)."""
+    wanted = (reference and (reference_steps is None or steps in reference_steps)
+              and (reference_sizes is None or size in reference_sizes))
+    return ["fast", "run"] + (["reference"] if wanted else [])
 
 
 def backward_is_cyclic_unets(method: str, methods: list[str]) -> bool:
@@ -117,6 +120,8 @@ def main() -> None:
     p.add_argument("--reference", action="store_true", help="also score MMCCD with the published protocol")
     p.add_argument("--reference-steps", type=int, nargs="+", metavar="STEPS",
                    help="with --reference: only at these points (default: every point)")
+    p.add_argument("--reference-sizes", type=int, nargs="+", metavar="PX",
+                   help="with --reference: only at points of these image sizes (default: every size)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                    help="only combine the learning_curve.json of runs made in parallel (e.g. one process per "
@@ -166,8 +171,9 @@ def main() -> None:
             reuse = (args.out / tag / f"cyclic-unet_{pair[0]}-{pair[1]}"
                      if backward_is_cyclic_unets(method, methods) else None)
             seconds = train_to(store, run, method, pair, steps, split, args.preset, reuse, size)
-            scorings = scorings_at(steps, args.reference, args.reference_steps)
-            point = {"tag": tag, "steps": steps, "size": size or read_run_config(run).prepare.size, "method": method,
+            run_size = size or read_run_config(run).prepare.size
+            scorings = scorings_at(steps, args.reference, args.reference_steps, run_size, args.reference_sizes)
+            point = {"tag": tag, "steps": steps, "size": run_size, "method": method,
                      "trained_seconds_this_call": round(seconds, 1),
                      "train_seconds": read_run_info(run).get("train_seconds"),
                      "scores": evaluate_point(run, method, scorings, ["max_tumour", "all"]),

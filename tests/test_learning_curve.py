@@ -82,6 +82,9 @@ def test_the_reference_scoring_only_at_the_points_asked_for(lc):
     assert lc.scorings_at(1200, True, [2400, 3600]) == ["fast", "run"]
     assert lc.scorings_at(3600, True, [2400, 3600]) == ["fast", "run", "reference"]
     assert lc.scorings_at(3600, False, [3600]) == ["fast", "run"]  # --reference-steps alone asks for nothing
+    assert lc.scorings_at(1200, True, [1200], 64, [128]) == ["fast", "run"]  # --reference-sizes: the 128 px point
+    assert lc.scorings_at(1200, True, [1200], 128, [128]) == ["fast", "run", "reference"]
+    assert lc.scorings_at(2400, True, [1200], 128, [128]) == ["fast", "run"]
 
 
 def test_mmccd_copies_cyclic_unets_backward_only_when_cyclic_unet_is_in_the_study(lc):
