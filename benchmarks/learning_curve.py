@@ -9,6 +9,11 @@ evaluates every point with the fold's own validation threshold on its test subje
         --steps 1200 2400 6000 --methods mmccd cyclic-unet dae --out results/learning [--size 128 --size-steps 1200]
 
 With --data, the fold's runs are trained first when --bench does not hold them (as the benchmark trains them).
+A bare `--steps` with --size measures the size point alone (the fold's runs are then not trained, only its split
+is needed), e.g. the published scoring at 128 px:
+
+    .venv/bin/python benchmarks/learning_curve.py --data ../shared/data/brats --bench results/cv --fold 0 \\
+        --pair flair:t2 --steps --methods mmccd --size 128 --size-steps 1200 --reference --out results/learning
 
 On several cores, one process per method (same --out; Cyclic UNet's before MMCCD's backward net is needed, since
 MMCCD copies it) and then `--merge` of each process's learning_curve.json (copied aside: they share the name):
@@ -47,7 +52,7 @@ from mmccd.pipeline.runs import read_run_config, read_run_info, run_split, train
 from mmccd.scoring import resolve_scoring
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training_noise import benchmark_runs  # noqa: E402
+from training_noise import benchmark_runs, fold_specs  # noqa: E402
 from translation_quality import translation_quality  # noqa: E402
 
 
@@ -108,7 +113,9 @@ def main() -> None:
     p.add_argument("--bench", type=Path, required=True, help="a `mmccd benchmark --folds K` folder")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--pair", default="flair:t2")
-    p.add_argument("--steps", type=int, nargs="+", default=[1200, 2400, 6000])
+    p.add_argument("--steps", type=int, nargs="*", default=[1200, 2400, 6000],
+                   help="the points at the preset's image size; none (a bare --steps) with --size: the size point "
+                        "alone, and the fold's runs are then not trained (only its split is needed)")
     p.add_argument("--methods", nargs="+", default=["mmccd", "cyclic-unet", "dae"])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--out", type=Path, default=Path("results/learning"))
@@ -139,13 +146,22 @@ def main() -> None:
     pair = tuple(args.pair.split(":"))
     fold_root = args.bench / "runs" / f"fold-{args.fold}"
     methods = sorted(args.methods, key=lambda m: m != "cyclic-unet")  # its backward UNet is MMCCD's
-    if args.data and not (fold_root / f"{methods[0]}_{pair[0]}-{pair[1]}").exists():
-        benchmark_runs(args.data, args.bench, args.fold, pair, args.folds, args.preset, methods)
+    if not args.steps and not args.size:
+        p.error("nothing to do: give --steps, or --size with a bare --steps")
+    if args.size and not args.data:
+        p.error("--size needs --data (the cases are prepared again at that size)")
+    first_run = fold_root / f"{methods[0]}_{pair[0]}-{pair[1]}"
+    split = None
+    if args.data and not first_run.exists():
+        if args.steps:
+            benchmark_runs(args.data, args.bench, args.fold, pair, args.folds, args.preset, methods)
+        else:  # the size point alone: only the fold's split (and the store's settings) are needed
+            split = fold_specs(args.data, args.bench, args.fold, pair, args.folds, args.preset, methods)[0].split
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"command": " ".join(sys.argv), "bench": str(args.bench), "fold": args.fold, "pair": args.pair,
                      "points": []}
     prepared = args.bench / "prepared"
-    split = run_split(fold_root / f"{methods[0]}_{pair[0]}-{pair[1]}")
+    split = split or run_split(first_run)
     points = [(steps, None) for steps in sorted(args.steps)] + ([(args.size_steps, args.size)] if args.size else [])
     previous: dict[str, Path] = {}
     for steps, size in points:

@@ -50,14 +50,20 @@ def benchmark_runs(data: Path, bench: Path, fold: int, pair: tuple[str, str], fo
                    methods: Sequence[str] = ("cyclic-unet", "mmccd")) -> Path:
     """Train (or reuse) the benchmark's runs of `methods` in `fold`, as `mmccd benchmark --folds K --methods
     METHODS` trains them; returns MMCCD's run folder."""
+    for spec in fold_specs(data, bench, fold, pair, folds, preset, methods):
+        ensure_trained(bench / "prepared", spec)
+    return bench / "runs" / f"fold-{fold}" / run_name("mmccd", *pair)
+
+
+def fold_specs(data: Path, bench: Path, fold: int, pair: tuple[str, str], folds: int, preset: str,
+               methods: Sequence[str]) -> list:
+    """The benchmark's runs of `methods` in `fold` (their configs and the fold's split), planned but not trained;
+    prepares the benchmark's store (resumed) and its folds as `mmccd benchmark --folds K` does."""
     # the store as the CV benchmark of docs/results.md prepares it (all three contrasts of its pairs)
     required = sorted({*pair, "t1", "t2", "flair"}, key=MODALITIES.index)
     _, split_list = prepare_and_split(data, bench, load_config(preset), required, folds)
     specs = plan_runs(bench, preset, [parse_pair(":".join(pair), list(methods))], split_list, cv=True)
-    for spec in specs:
-        if spec.fold == fold:
-            ensure_trained(bench / "prepared", spec)
-    return bench / "runs" / f"fold-{fold}" / run_name("mmccd", *pair)
+    return [spec for spec in specs if spec.fold == fold]
 
 
 def repeat_forward(prepared: Path, src: Path, run: Path, backward_from: Path) -> None:

@@ -91,3 +91,17 @@ def test_mmccd_copies_cyclic_unets_backward_only_when_cyclic_unet_is_in_the_stud
     assert lc.backward_is_cyclic_unets("mmccd", ["cyclic-unet", "mmccd"])
     assert not lc.backward_is_cyclic_unets("mmccd", ["mmccd", "dae"])  # resumes its own backward net
     assert not lc.backward_is_cyclic_unets("cyclic-unet", ["cyclic-unet", "mmccd"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps"], "nothing to do"),
+    (["--steps", "--size", "128"], "--size needs --data"),
+])
+def test_a_run_with_nothing_to_do_or_no_data_for_its_size_point_is_refused(lc, tmp_path, monkeypatch, capsys,
+                                                                           argv, message):
+    monkeypatch.setattr("sys.argv", ["learning_curve.py", "--bench", str(tmp_path / "bench"),
+                                     "--out", str(tmp_path / "out"), *argv])
+    with pytest.raises(SystemExit):
+        lc.main()
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
